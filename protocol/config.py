@@ -1,0 +1,188 @@
+"""Frozen, validated configuration Structs.
+
+Every Config is immutable and validated at construction (``__post_init__``),
+so a bad value raises :class:`ConfigError` before any process starts. Configs
+are passed whole, never mutated; derived values (KV block counts) come back
+from calls instead of being written into a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+DEVICES = ("cpu", "cuda")
+TRANSPORTS = ("ipc", "tcp")
+ZMQ_BACKENDS = ("auto", "aiozmq", "pyzmq")
+
+
+def _choice(owner: str, field: str, value: object, choices: Iterable[object]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{owner}.{field}={value!r} is not one of {choices}")
+
+
+def _positive(owner: str, field: str, value: float | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{owner}.{field} must be a positive number, got {value!r}")
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Which checkpoint to run and how to load it.
+
+    ``model`` is a local HF-format directory (config.json + *.safetensors).
+    ``load_format="dummy"`` fills the right shapes with random weights (benchmarks).
+    """
+
+    model: str
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    load_format: str = "auto"
+    max_model_len: int | None = None
+    seed: int = 0
+    enforce_eager: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("ModelConfig.model must be a non-empty path to an HF model directory")
+        _choice("ModelConfig", "dtype", self.dtype, DTYPES)
+        _choice("ModelConfig", "load_format", self.load_format, LOAD_FORMATS)
+        _positive("ModelConfig", "max_model_len", self.max_model_len, allow_none=True)
+
+
+class CacheConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Paged KV cache settings.
+
+    On CUDA the cache takes ``gpu_memory_utilization`` of device memory minus
+    what the model and a profiling pass use; on the CPU it takes
+    ``cpu_kv_cache_bytes``. ``num_blocks_override`` fixes the block count.
+    """
+
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_bytes: int = 256 * 1024 * 1024
+    num_blocks_override: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_size, int) or not 1 <= self.block_size <= 1024:
+            raise ConfigError(f"CacheConfig.block_size must be in [1, 1024], got {self.block_size!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError("CacheConfig.gpu_memory_utilization must be in (0, 1], "
+                              f"got {self.gpu_memory_utilization!r}")
+        _positive("CacheConfig", "cpu_kv_cache_bytes", self.cpu_kv_cache_bytes)
+        _positive("CacheConfig", "num_blocks_override", self.num_blocks_override, allow_none=True)
+
+
+class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Parallel layout and the executor backend.
+
+    ``distributed_executor_backend``: ``"uni"``, ``"mp"``, an ``Executor``
+    subclass, or ``"module:QualName"``; ``None`` picks ``"uni"`` for one rank
+    and ``"mp"`` otherwise. ``pipeline_layer_split`` gives the number of
+    decoder layers per stage (default: as even as possible, earlier stages
+    taking the remainder). ``transport="tcp"`` binds to ``host`` only.
+    """
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    pipeline_layer_split: tuple[int, ...] | None = None
+    # str | type[Executor] | None; Any because a class never crosses the wire
+    # (wire_config turns it into "module:QualName" first).
+    distributed_executor_backend: Any = None
+    transport: str = "ipc"
+    host: str = "127.0.0.1"
+    zmq_backend: str = "auto"
+    allow_callable_rpc: bool = False
+    worker_start_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"ParallelConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.pipeline_layer_split is not None:
+            split = self.pipeline_layer_split
+            if len(split) != self.pipeline_parallel_size or any(n < 1 for n in split):
+                raise ConfigError(
+                    f"ParallelConfig.pipeline_layer_split={split!r} must give a positive layer "
+                    f"count for each of the {self.pipeline_parallel_size} pipeline stages")
+        backend = self.distributed_executor_backend
+        if backend is not None and not isinstance(backend, (str, type)):
+            raise ConfigError("ParallelConfig.distributed_executor_backend must be 'uni', 'mp', "
+                              f"an Executor subclass or 'module:QualName', got {backend!r}")
+        _choice("ParallelConfig", "transport", self.transport, TRANSPORTS)
+        _choice("ParallelConfig", "zmq_backend", self.zmq_backend, ZMQ_BACKENDS)
+        if self.transport == "tcp" and self.host in ("", "*", "0.0.0.0", "::"):
+            raise ConfigError("ParallelConfig.host must name one interface for tcp; "
+                              "binding all interfaces is refused")
+        _positive("ParallelConfig", "worker_start_timeout_s", self.worker_start_timeout_s)
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Batch limits for the reference engine's scheduler."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("SchedulerConfig", "max_num_seqs", self.max_num_seqs)
+        _positive("SchedulerConfig", "max_num_batched_tokens", self.max_num_batched_tokens)
+
+
+class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the model runs: ``"cpu"`` or ``"cuda"`` (one GPU per rank)."""
+
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _choice("DeviceConfig", "device", self.device, DEVICES)
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything an executor and its workers need, passed whole to each worker."""
+
+    model: ModelConfig
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    parallel: ParallelConfig = msgspec.field(default_factory=ParallelConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    device: DeviceConfig = msgspec.field(default_factory=DeviceConfig)
+    profile_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = (("model", ModelConfig), ("cache", CacheConfig), ("parallel", ParallelConfig),
+                 ("scheduler", SchedulerConfig), ("device", DeviceConfig))
+        for name, kind in parts:
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"Config.{name} must be a {kind.__name__}")
+        backend = self.parallel.distributed_executor_backend
+        if backend == "uni" and self.parallel.world_size > 1:
+            raise ConfigError(
+                f"the 'uni' backend runs one rank, but tensor_parallel_size x "
+                f"pipeline_parallel_size = {self.parallel.world_size}; use backend 'mp'")
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some top-level parts replaced (configs are never mutated)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def wire_config(config: Config) -> Config:
+    """The config as sent to workers: an executor class becomes ``"module:QualName"``."""
+    backend = config.parallel.distributed_executor_backend
+    if isinstance(backend, type):
+        name = f"{backend.__module__}:{backend.__qualname__}"
+        parallel = msgspec.structs.replace(config.parallel, distributed_executor_backend=name)
+        return msgspec.structs.replace(config, parallel=parallel)
+    return config

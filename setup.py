@@ -1,0 +1,12 @@
+"""Lists actorexec's sub-packages, which live in top-level folders mapped in pyproject.toml."""
+
+from setuptools import find_packages, setup
+
+ROOTS = {"protocol": "actorexec.protocol", "runtime": "actorexec.runtime", "actors": "actorexec.actors"}
+
+packages = []
+for folder, name in ROOTS.items():
+    packages.append(name)
+    packages += [f"{name}.{sub}" for sub in find_packages(folder)]
+
+setup(packages=packages)
