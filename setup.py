@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-ROOTS = {"protocol": "actorexec.protocol", "runtime": "actorexec.runtime", "actors": "actorexec.actors"}
+ROOTS = {folder: f"actorexec.{folder}" for folder in ("protocol", "runtime", "actors")}
 
 packages = []
 for folder, name in ROOTS.items():

@@ -73,7 +73,8 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_size, int) or not 1 <= self.block_size <= 1024:
-            raise ConfigError(f"CacheConfig.block_size must be in [1, 1024], got {self.block_size!r}")
+            raise ConfigError(
+                f"CacheConfig.block_size must be in [1, 1024], got {self.block_size!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError("CacheConfig.gpu_memory_utilization must be in (0, 1], "
                               f"got {self.gpu_memory_utilization!r}")
