@@ -102,6 +102,8 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     zmq_backend: str = "auto"
     allow_callable_rpc: bool = False
+    # "module:QualName" of the worker actor class each rank runs.
+    worker_cls: str = "actorexec.actors.worker:Worker"
     worker_start_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
@@ -124,6 +126,9 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.transport == "tcp" and self.host in ("", "*", "0.0.0.0", "::"):
             raise ConfigError("ParallelConfig.host must name one interface for tcp; "
                               "binding all interfaces is refused")
+        if ":" not in self.worker_cls:
+            raise ConfigError(f"ParallelConfig.worker_cls must be 'module:QualName', "
+                              f"got {self.worker_cls!r}")
         _positive("ParallelConfig", "worker_start_timeout_s", self.worker_start_timeout_s)
 
     @property
