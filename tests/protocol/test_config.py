@@ -1,0 +1,84 @@
+"""Configs are frozen, validated at construction, and survive the wire unchanged."""
+
+import msgspec
+import pytest
+
+from actorexec.protocol import (
+    CacheConfig,
+    Config,
+    ConfigError,
+    DeviceConfig,
+    ModelConfig,
+    ParallelConfig,
+    SamplingParams,
+    SchedulerConfig,
+    wire_config,
+)
+
+
+def test_config_round_trips_through_msgpack_unchanged() -> None:
+    config = Config(model=ModelConfig(model="/m", dtype="bfloat16"),
+                    parallel=ParallelConfig(tensor_parallel_size=2, pipeline_parallel_size=2,
+                                            pipeline_layer_split=(3, 1)),
+                    cache=CacheConfig(block_size=8))
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(config), type=Config)
+    assert decoded == config
+    assert decoded.parallel.world_size == 4
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ModelConfig(model="/m", dtype="float8"),
+    lambda: ModelConfig(model="", dtype="auto"),
+    lambda: ModelConfig(model="/m", load_format="pickle"),
+    lambda: ModelConfig(model="/m", max_model_len=0),
+    lambda: CacheConfig(block_size=0),
+    lambda: CacheConfig(gpu_memory_utilization=1.5),
+    lambda: ParallelConfig(tensor_parallel_size=0),
+    lambda: ParallelConfig(pipeline_parallel_size=2, pipeline_layer_split=(4,)),
+    lambda: ParallelConfig(transport="udp"),
+    lambda: ParallelConfig(transport="tcp", host="0.0.0.0"),
+    lambda: ParallelConfig(distributed_executor_backend=3),
+    lambda: ParallelConfig(worker_cls="no_colon"),
+    lambda: SchedulerConfig(max_num_seqs=0),
+    lambda: DeviceConfig(device="tpu"),
+    lambda: Config(model=ModelConfig(model="/m"),
+                   parallel=ParallelConfig(tensor_parallel_size=2,
+                                           distributed_executor_backend="uni")),
+])
+def test_bad_config_value_raises_config_error_at_construction(make) -> None:
+    with pytest.raises(ConfigError):
+        make()
+
+
+def test_bad_value_arriving_on_the_wire_is_rejected_by_the_decoder() -> None:
+    raw = msgspec.msgpack.encode({"model": {"model": "/m", "dtype": "int3"}})
+    with pytest.raises(msgspec.ValidationError, match="dtype"):
+        msgspec.msgpack.decode(raw, type=Config)
+
+
+def test_configs_are_frozen() -> None:
+    config = Config(model=ModelConfig(model="/m"))
+    with pytest.raises(AttributeError):
+        config.model = ModelConfig(model="/other")  # type: ignore[misc]
+    assert config.replace(profile_dir="/tmp/p").profile_dir == "/tmp/p"
+    assert config.profile_dir is None
+
+
+def test_wire_config_names_an_executor_class_by_import_path() -> None:
+    class MyExecutor:
+        pass
+
+    config = Config(model=ModelConfig(model="/m"),
+                    parallel=ParallelConfig(distributed_executor_backend=MyExecutor))
+    wired = wire_config(config)
+    assert wired.parallel.distributed_executor_backend.endswith(":" + MyExecutor.__qualname__)
+    msgspec.msgpack.decode(msgspec.msgpack.encode(wired), type=Config)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}, {"min_p": 1.5}, {"max_tokens": 0},
+    {"repetition_penalty": 0.0}, {"logprobs": 99}, {"min_tokens": 5, "max_tokens": 2},
+])
+def test_bad_sampling_params_raise(kwargs) -> None:
+    with pytest.raises(ConfigError):
+        SamplingParams(**kwargs)
