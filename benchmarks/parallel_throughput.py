@@ -1,0 +1,137 @@
+"""Pipeline- and tensor-parallel decode on real GPUs (or CPU ranks with gloo).
+
+Measures, in one run and with dummy weights of a Llama-architecture model:
+  * decode throughput with PP=2 at max_concurrent_batches 1 (one batch in
+    flight: stages take turns) vs 2 (two disjoint batches in flight: both
+    stages busy) -- the ratio is the pipelining gain;
+  * median decode step time of TP=2 vs TP=1.
+Prints a table and writes JSON. Run on the device: see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from actorexec.actors.executor import Executor
+from actorexec.protocol import (
+    CacheConfig,
+    Config,
+    DeviceConfig,
+    ModelConfig,
+    ParallelConfig,
+)
+from decode_driver import RequestGroup
+
+# Llama-3-8B shapes with fewer layers: a bf16 decode step is milliseconds on an H200.
+MODEL = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32000,
+             hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+             num_key_value_heads=8, max_position_embeddings=4096, rms_norm_eps=1e-5,
+             rope_theta=500000.0, tie_word_embeddings=False, torch_dtype="bfloat16",
+             bos_token_id=1, eos_token_id=2, hidden_act="silu")
+
+
+def write_model(directory: Path, layers: int) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({**MODEL, "num_hidden_layers": layers}))
+    return str(directory)
+
+
+def make_config(model_dir: str, device: str, tp: int, pp: int, blocks: int) -> Config:
+    return Config(model=ModelConfig(model=model_dir, load_format="dummy",
+                                    dtype="bfloat16" if device == "cuda" else "float32"),
+                  cache=CacheConfig(block_size=16, num_blocks_override=blocks,
+                                    gpu_memory_utilization=0.85),
+                  parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                                          distributed_executor_backend="mp"),
+                  device=DeviceConfig(device=device))
+
+
+async def run_groups(executor: Executor, groups: list[RequestGroup], steps: int,
+                     in_flight: int) -> dict[str, float]:
+    """Prefill every group, then ``steps`` decode steps per group, ``in_flight`` groups at once.
+
+    Returns decode tokens/s and the median time per decode step of one group.
+    """
+    for g in groups:
+        g.absorb(await executor.execute_model(g.prefill()))
+    step_times: list[float] = []
+    tokens = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        for i in range(0, len(groups), in_flight):
+            wave = groups[i:i + in_flight]
+            t0 = time.perf_counter()
+            # every step of the wave is sent before the first is awaited
+            futures = [executor.execute_model(g.decode()) for g in wave]
+            for g, fut in zip(wave, futures, strict=True):
+                tokens += g.absorb(await fut)
+            step_times.append((time.perf_counter() - t0) / len(wave))
+    elapsed = time.perf_counter() - start
+    return {"tokens_per_s": tokens / elapsed, "median_step_ms": statistics.median(step_times) * 1e3,
+            "elapsed_s": elapsed, "tokens": tokens}
+
+
+async def measure(model_dir: str, device: str, tp: int, pp: int, in_flight: int, reqs: int,
+                  prompt_len: int, steps: int) -> dict[str, float]:
+    vocab = MODEL["vocab_size"]
+    groups: list[RequestGroup] = []
+    next_block = 0
+    for name, n, plen, new in (("g0", reqs, prompt_len, steps + 2), ("g1", reqs, prompt_len,
+                                                                      steps + 2),
+                               ("warm", 4, 16, 8)):
+        groups.append(RequestGroup(name, n, plen, new, 16, next_block, vocab))
+        next_block += groups[-1].num_blocks  # groups own disjoint blocks
+    warm = groups.pop()
+    config = make_config(model_dir, device, tp, pp, next_block)
+    async with await Executor.create(config) as executor:
+        await executor.initialize_kv_cache()
+        await run_groups(executor, [warm], 4, 1)
+        result = await run_groups(executor, groups, steps, in_flight)
+    return {"tp": tp, "pp": pp, "in_flight": in_flight, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--reqs", type=int, default=32, help="requests per batch (group)")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--out", default="benchmarks/results/parallel_throughput.json")
+    args = parser.parse_args()
+    if args.device == "cpu":  # a smoke-sized model for CPU ranks
+        MODEL.update(hidden_size=256, intermediate_size=512, num_attention_heads=8,
+                     num_key_value_heads=4, vocab_size=1024)
+    model_dir = write_model(Path(tempfile.mkdtemp()) / "dummy-llama", args.layers)
+    common = dict(reqs=args.reqs, prompt_len=args.prompt_len, steps=args.steps)
+    runs = [("pp2_inflight1", 1, 2, 1), ("pp2_inflight2", 1, 2, 2),
+            ("tp1", 1, 1, 1), ("tp2", 2, 1, 1)]
+    results = {}
+    for name, tp, pp, in_flight in runs:
+        results[name] = asyncio.run(measure(model_dir, args.device, tp, pp, in_flight, **common))
+        print(f"{name}: {results[name]}", flush=True)
+    ratios = {
+        "pp2_throughput_inflight2_over_inflight1":
+            results["pp2_inflight2"]["tokens_per_s"] / results["pp2_inflight1"]["tokens_per_s"],
+        "tp2_step_time_over_tp1":
+            results["tp2"]["median_step_ms"] / results["tp1"]["median_step_ms"],
+    }
+    report = {"device": args.device, "model": {**MODEL, "num_hidden_layers": args.layers},
+              "workload": common, "runs": results, "ratios": ratios}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\n{'run':<16}{'tok/s':>12}{'step ms':>10}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['tokens_per_s']:>12.1f}{r['median_step_ms']:>10.2f}")
+    for k, v in ratios.items():
+        print(f"{k}: {v:.3f}")
+
+
+if __name__ == "__main__":
+    main()
