@@ -1,0 +1,257 @@
+"""The Executor: one worker per rank, driven by ``collective_rpc``.
+
+As in vLLM v1's ``executor/abstract.py``, the base class is small: almost every
+method is a one-line ``collective_rpc`` delegation, and failure is an explicit
+state. Subclasses only start and stop workers (``UniProcExecutor``: in this
+process; ``MultiprocExecutor``: one process per rank).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar
+
+from actorexec.protocol import (
+    Config,
+    ExecutorFailedError,
+    KVCacheConfig,
+    KVCacheSpec,
+    MethodNotAllowedError,
+    ModelRunnerOutput,
+    SchedulerOutput,
+    make_kv_cache_configs,
+)
+from actorexec.protocol.codec import generic_spec
+from actorexec.runtime import ActorRef, PreparedCall, import_path
+
+from .futures import first_failure_or, gather_ranks
+
+logger = logging.getLogger("actorexec.executor")
+FailureCallback = Callable[[], None]
+BACKENDS = ("uni", "mp")
+
+
+class Executor(abc.ABC):
+    """Runs the same call on every rank's worker. Why an actor ref per rank: each
+    worker is a mailbox handled in order, so calls reach every rank in call order."""
+
+    # An in-process worker can run any callable; a remote one only when config allows it.
+    supports_callable_rpc: ClassVar[bool] = False
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.parallel_config = config.parallel
+        self.worker_cls: Any = import_path(config.parallel.worker_cls)
+        self.method_specs = self.worker_cls.method_specs()
+        self.refs: list[ActorRef] = []
+        self.failure: BaseException | None = None
+        self._failure_callbacks: list[FailureCallback] = []
+        self._shut_down = False
+
+    # -- construction ---------------------------------------------------------
+    @staticmethod
+    def get_class(config: Config) -> type[Executor]:
+        backend = config.parallel.distributed_executor_backend
+        if backend is None:
+            backend = "uni" if config.parallel.world_size == 1 else "mp"
+        if backend == "uni":
+            from .uniproc import UniProcExecutor
+            return UniProcExecutor
+        if backend == "mp":
+            from .multiproc import MultiprocExecutor
+            return MultiprocExecutor
+        if isinstance(backend, str) and ":" in backend:
+            backend = import_path(backend)
+        if isinstance(backend, type) and issubclass(backend, Executor):
+            return backend
+        raise ValueError(f"distributed_executor_backend={backend!r} is not one of {BACKENDS}, "
+                         "an Executor subclass, or 'module:QualName' of one")
+
+    @classmethod
+    async def create(cls, config: Config) -> Executor:
+        """A started executor: workers up, ``init_device`` and ``load_model`` done on every rank."""
+        executor = (cls.get_class(config) if cls is Executor else cls)(config)
+        try:
+            await executor._start_workers()
+            await executor.collective_rpc("init_device")
+            await executor.collective_rpc("load_model")
+        except BaseException:
+            await executor.shutdown()
+            raise
+        return executor
+
+    @abc.abstractmethod
+    async def _start_workers(self) -> None:
+        """Fill ``self.refs`` with one started worker ref per rank."""
+
+    @abc.abstractmethod
+    async def _stop_workers(self, grace_s: float) -> None:
+        """Stop every worker and free what they hold (processes, sockets, files)."""
+
+    async def __aenter__(self) -> Executor:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # Cancelled callers want out fast: workers get a short grace, then are killed.
+        cancelled = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+        await self.shutdown(grace_s=0.5 if cancelled else 2.0)
+
+    # -- layout ---------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.parallel_config.world_size
+
+    @property
+    def max_concurrent_batches(self) -> int:
+        """Steps that may be in flight at once: one per pipeline stage."""
+        return self.parallel_config.pipeline_parallel_size
+
+    @property
+    def output_rank(self) -> int:
+        """TP rank 0 of the last pipeline stage: the rank that samples."""
+        return self.world_size - self.parallel_config.tensor_parallel_size
+
+    # -- the one primitive ----------------------------------------------------
+    def collective_rpc(self, method: str | Callable[..., Any], args: Sequence[Any] = (),
+                       kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+                       unique_reply_rank: int | None = None, non_block: bool = False) -> Any:
+        """Send ``method(*args, **kwargs)`` to every rank now (encoded once); return an awaitable.
+
+        Awaited: the list of per-rank results, or only ``unique_reply_rank``'s
+        result (other ranks reply only on failure, which still fails the call).
+        ``non_block=True``: the list of per-rank futures (with
+        ``unique_reply_rank``: that one combined future). ``timeout`` seconds
+        become a deadline carried by the call. Raises at once if the executor failed.
+        """
+        self._check_usable()
+        prepared = self._prepare(method, args, kwargs)
+        deadline = None if timeout is None else time.time() + timeout
+        if unique_reply_rank is not None and not 0 <= unique_reply_rank < len(self.refs):
+            raise ValueError(f"unique_reply_rank={unique_reply_rank} outside 0..{len(self.refs)-1}")
+        futs = [ref.submit(prepared, deadline,
+                           reply_on_success=unique_reply_rank in (None, rank))
+                for rank, ref in enumerate(self.refs)]
+        if unique_reply_rank is not None:
+            others = [f for rank, f in enumerate(futs) if rank != unique_reply_rank]
+            combined = first_failure_or(futs[unique_reply_rank], others)
+            return combined
+        return futs if non_block else gather_ranks(futs)
+
+    def _prepare(self, method: str | Callable[..., Any], args: Sequence[Any],
+                 kwargs: dict[str, Any] | None) -> PreparedCall:
+        allowed_callable = self.supports_callable_rpc or self.parallel_config.allow_callable_rpc
+        if callable(method):
+            if not allowed_callable:
+                raise MethodNotAllowedError(
+                    "callables may be sent only to the in-process executor or when "
+                    "ParallelConfig.allow_callable_rpc=True; call an allow-listed method by name")
+            if not self.supports_callable_rpc and "<" in method.__qualname__:
+                raise TypeError(f"{method.__qualname__} is not a module-level function; "
+                                "only those can be named on the wire (no pickle)")
+            return PreparedCall(method, None, args, kwargs)
+        spec = self.method_specs.get(method)
+        if spec is not None:
+            return PreparedCall(method, spec, args, kwargs)
+        if ":" in method and allowed_callable:
+            return PreparedCall(method, generic_spec(), (list(args), dict(kwargs or {})))
+        raise MethodNotAllowedError(f"{self.worker_cls.__name__}.{method} is not on the worker's "
+                                    f"RPC allow-list ({', '.join(sorted(self.method_specs))})")
+
+    # -- failure --------------------------------------------------------------
+    @property
+    def is_failed(self) -> bool:
+        return self.failure is not None
+
+    def register_failure_callback(self, callback: FailureCallback) -> None:
+        """``callback()`` runs exactly once, when a worker dies (at once if one already has)."""
+        if self.failure is not None:
+            callback()
+        else:
+            self._failure_callbacks.append(callback)
+
+    def _on_worker_death(self, ref: ActorRef, error: BaseException) -> None:
+        if self.failure is not None or self._shut_down:
+            return
+        logger.error("executor failed: %s", error)
+        self.failure = error
+        for other in self.refs:
+            other.fail_pending(error)
+        callbacks, self._failure_callbacks = self._failure_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("failure callback raised")
+
+    def _check_usable(self) -> None:
+        if self.failure is not None:
+            raise ExecutorFailedError(f"the executor has failed: {self.failure}") from self.failure
+        if self._shut_down:
+            raise ExecutorFailedError("the executor has been shut down")
+
+    # -- the worker surface (vLLM v1 names) -----------------------------------
+    def execute_model(self, scheduler_output: SchedulerOutput,
+                      timeout: float | None = None) -> Awaitable[ModelRunnerOutput]:
+        """Send one step to every rank now; the awaitable yields the output rank's result."""
+        return self.collective_rpc("execute_model", (scheduler_output,), timeout=timeout,
+                                   unique_reply_rank=self.output_rank)
+
+    def execute_dummy_batch(self) -> Awaitable[list[None]]:
+        return self.collective_rpc("execute_dummy_batch")
+
+    def determine_available_memory(self) -> Awaitable[list[int]]:
+        return self.collective_rpc("determine_available_memory")
+
+    def get_kv_cache_specs(self) -> Awaitable[list[dict[str, KVCacheSpec]]]:
+        return self.collective_rpc("get_kv_cache_spec")
+
+    async def initialize_from_config(self, kv_cache_configs: list[KVCacheConfig]) -> None:
+        """Allocate each rank's KV cache (rank r takes ``kv_cache_configs[r]``), then warm up."""
+        await self.collective_rpc("initialize_from_config", (kv_cache_configs,))
+        await self.collective_rpc("compile_or_warm_up_model")
+
+    async def initialize_kv_cache(self) -> KVCacheConfig:
+        """Size, allocate and warm up the KV cache on every rank; rank 0's config comes back."""
+        available = await self.determine_available_memory()
+        specs = await self.get_kv_cache_specs()
+        configs = make_kv_cache_configs(specs, available, self.config.cache.num_blocks_override)
+        await self.initialize_from_config(configs)
+        return configs[0]
+
+    def check_health(self, timeout: float | None = 10.0) -> Awaitable[list[None]]:
+        return self.collective_rpc("check_health", timeout=timeout)
+
+    def start_profile(self) -> Awaitable[list[None]]:
+        return self.collective_rpc("start_profile")
+
+    def stop_profile(self) -> Awaitable[list[None]]:
+        return self.collective_rpc("stop_profile")
+
+    def sleep(self, level: int = 1) -> Awaitable[list[None]]:
+        return self.collective_rpc("sleep", (level,))
+
+    def wake_up(self, tags: list[str] | None = None) -> Awaitable[list[None]]:
+        return self.collective_rpc("wake_up", (tags,))
+
+    async def shutdown(self, grace_s: float = 2.0) -> None:
+        """Stop every worker (killed after ``grace_s``); leaves no process or socket file.
+
+        Idempotent and cancel-safe: a cancelled shutdown still kills and cleans up.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
+        await self._stop_workers(grace_s)
+
+    async def _ask_shutdown(self, timeout_s: float) -> None:
+        """Best effort: each live worker runs its ``shutdown`` and stops serving."""
+        prepared = PreparedCall("shutdown", self.method_specs["shutdown"])
+        futs = [ref.submit(prepared, time.time() + timeout_s) for ref in self.refs]
+        if futs:
+            for fut in futs:  # failures here are expected (dead or stuck workers)
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            await asyncio.wait(futs, timeout=timeout_s)

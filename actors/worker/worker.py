@@ -1,0 +1,163 @@
+"""The Worker actor: one per rank; device, process groups, model, KV cache, RPC surface.
+
+Every method that touches the model runs on the actor's single work thread
+(``Actor.offload``): the handler returns at once with a future, so the next
+message is decoded while this one computes, and replies still leave in order.
+torch and the model runner are imported lazily (in the work thread) so that
+starting a worker process stays cheap until ``init_device``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from actorexec.protocol import (
+    Config,
+    KVCacheConfig,
+    KVCacheSpec,
+    ModelRunnerOutput,
+    SchedulerOutput,
+)
+from actorexec.runtime import Actor, expose
+
+logger = logging.getLogger("actorexec.worker")
+
+
+class Worker(Actor):
+    """One rank. Why an actor: its mailbox orders steps, and only the methods below
+    (the allow-list) can be called from outside."""
+
+    def __init__(self, config: Config, rank: int, distributed_init_method: str) -> None:
+        self.config = config
+        self.rank = rank
+        self.distributed_init_method = distributed_init_method
+        self.allow_callable_rpc = config.parallel.allow_callable_rpc
+        self.device: Any = None
+        self.parallel: Any = None
+        self.model_runner: Any = None
+        self._profiler: Any = None
+
+    # -- set-up ---------------------------------------------------------------
+    @expose
+    def init_device(self) -> None:
+        return self.offload(self._init_device)
+
+    def _init_device(self) -> None:
+        import torch
+        from actorexec.actors.distributed import init_distributed
+
+        if self.config.device.device == "cuda":
+            local_rank = self.rank % torch.cuda.device_count()
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self.parallel = init_distributed(self.config, self.rank, self.distributed_init_method,
+                                         self.device)
+
+    @expose
+    def load_model(self) -> None:
+        return self.offload(self._load_model)
+
+    def _load_model(self) -> None:
+        from actorexec.actors.model_runner import ModelRunner
+
+        self.model_runner = ModelRunner(self.config, self.device, self.parallel)
+        self.model_runner.load_model()
+
+    def _runner(self) -> Any:
+        if self.model_runner is None:
+            raise RuntimeError(f"worker rank {self.rank}: load_model has not run")
+        return self.model_runner
+
+    # -- KV cache -------------------------------------------------------------
+    @expose
+    def determine_available_memory(self) -> int:
+        return self.offload(lambda: self._runner().determine_available_memory())
+
+    @expose
+    def get_kv_cache_spec(self) -> dict[str, KVCacheSpec]:
+        return self.offload(lambda: self._runner().get_kv_cache_spec())
+
+    @expose
+    def initialize_from_config(self, kv_cache_configs: list[KVCacheConfig]) -> None:
+        """Takes every rank's config (sent once to all ranks) and allocates its own."""
+        config = kv_cache_configs[self.rank]
+        return self.offload(lambda: self._runner().initialize_kv_cache(config))
+
+    @expose
+    def compile_or_warm_up_model(self) -> None:
+        return self.offload(lambda: self._runner().compile_or_warm_up_model())
+
+    # -- steps ----------------------------------------------------------------
+    @expose
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        return self.offload(self._runner().execute_model, scheduler_output)
+
+    @expose
+    def execute_dummy_batch(self) -> None:
+        return self.offload(lambda: self._runner().execute_dummy_batch())
+
+    @expose
+    def check_health(self) -> None:
+        """Answers when the mailbox reaches it: the loop and the socket are alive."""
+        return None
+
+    # -- memory and profiling -------------------------------------------------
+    @expose
+    def sleep(self, level: int = 1) -> None:
+        return self.offload(lambda: self._runner().sleep(level))
+
+    @expose
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        return self.offload(lambda: self._runner().wake_up(tags))
+
+    @expose
+    def start_profile(self) -> None:
+        return self.offload(self._start_profile)
+
+    def _start_profile(self) -> None:
+        import torch
+
+        if self.config.profile_dir is None:
+            raise ValueError("Config.profile_dir is not set; it names where traces go")
+        if self._profiler is not None:
+            raise RuntimeError("the profiler is already running")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.config.device.device == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+        self._profiler.start()
+
+    @expose
+    def stop_profile(self) -> None:
+        return self.offload(self._stop_profile)
+
+    def _stop_profile(self) -> None:
+        if self._profiler is None:
+            raise RuntimeError("start_profile has not run")
+        profiler, self._profiler = self._profiler, None
+        profiler.stop()
+        assert self.config.profile_dir is not None
+        os.makedirs(self.config.profile_dir, exist_ok=True)
+        path = os.path.join(self.config.profile_dir, f"trace_rank{self.rank}_pid{os.getpid()}.json")
+        profiler.export_chrome_trace(path)
+        logger.info("rank %d: profile trace written to %s", self.rank, path)
+
+    # -- shutdown -------------------------------------------------------------
+    @expose
+    def shutdown(self) -> None:
+        self.request_stop()
+        return self.offload(self._release)
+
+    def _release(self) -> None:
+        """Drop the process group (if any) so no rendezvous socket lingers."""
+        if "torch.distributed" not in sys.modules:  # never imported: nothing to release
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,39 @@
+"""Where sockets live: ipc endpoints in a private 0700 directory, tcp on one interface."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+
+
+class EndpointDir:
+    """A private directory for ``ipc://`` socket files; removed (with them) on ``cleanup``.
+
+    Why: socket files in a shared /tmp are reachable by other users and leak
+    when a process is killed; one 0700 directory per executor fixes both.
+    """
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="actorexec-")
+        os.chmod(self.path, 0o700)
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{os.path.join(self.path, name)}"
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` right now (the usual small race applies)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def tcp(host: str) -> str:
+    if host in ("", "*", "0.0.0.0", "::"):
+        raise ValueError("refusing to bind all interfaces; name one host")
+    return f"tcp://{host}:{free_tcp_port(host)}"

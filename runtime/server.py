@@ -1,0 +1,113 @@
+"""An actor served on a bound ROUTER socket: the process side of a ProcessRef.
+
+Every frame is decoded strictly. A frame that cannot be decoded is logged and
+answered with ``Failure(call_id=-1)`` (or the call's id when the envelope was
+readable but the arguments were not) and nothing runs: one bad peer cannot
+stop the actor serving others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from actorexec.protocol.codec import EnvelopeCodec, PayloadEncoder
+from actorexec.protocol.envelopes import Call, Failure, Ready, Result
+from actorexec.protocol.errors import ProtocolError
+
+from .actor import READY_METHOD, Actor
+from .errors import failure_from
+from .mailbox import Mailbox
+from .transport import Transport, TransportClosed, bind_router
+
+logger = logging.getLogger("actorexec.runtime.server")
+
+
+class ActorServer:
+    """Hosts one actor behind a ROUTER; replies go back to whichever peer called."""
+
+    def __init__(self, actor: Actor, transport: Transport, rank: int) -> None:
+        self.actor = actor
+        self.transport = transport
+        self.rank = rank
+        self.mailbox = Mailbox(actor)
+        self._codec = EnvelopeCodec()
+        self._encoder = PayloadEncoder()
+
+    @classmethod
+    async def bind(cls, actor: Actor, endpoint: str, rank: int, backend: str) -> ActorServer:
+        return cls(actor, await bind_router(endpoint, backend), rank)
+
+    async def serve(self) -> None:
+        """Serve until the actor asks to stop (its ``shutdown``) or the socket closes."""
+        await self.actor.on_start()
+        self.mailbox.start()
+        recv = asyncio.create_task(self._recv_loop(), name="actor-recv")
+        stopped = asyncio.create_task(self.mailbox.stopped.wait())
+        try:
+            await asyncio.wait({recv, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            recv.cancel()
+            stopped.cancel()
+            await self.mailbox.close()
+            try:
+                await self.actor.on_stop()
+            finally:
+                self.actor.close_work_thread()
+                # Let the last replies leave before the socket goes (linger is 0).
+                await asyncio.sleep(0.05)
+                self.transport.close()
+                # zmq removes an ipc file only on a clean context teardown; we own it.
+                if self.transport.endpoint.startswith("ipc://"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.transport.endpoint.removeprefix("ipc://"))
+
+    async def _recv_loop(self) -> None:
+        while True:
+            try:
+                msg = await self.transport.recv()
+            except TransportClosed:
+                return
+            if len(msg) < 2:
+                logger.error("rank %d: message without an envelope frame dropped", self.rank)
+                continue
+            self._dispatch(msg[0], msg[1:])
+
+    def _dispatch(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            envelope = self._codec.decode(frames[0])
+            if not isinstance(envelope, Call):
+                raise ProtocolError(f"an actor accepts only calls, got {type(envelope).__name__}")
+        except ProtocolError as exc:
+            logger.error("rank %d: undecodable frame from a peer, nothing run: %s", self.rank, exc)
+            self._send_failure(peer, failure_from(-1, exc))
+            return
+        if envelope.method == READY_METHOD:
+            self.transport.send_to(peer, [self._codec.encode(Ready(self.rank, os.getpid()))])
+            return
+        self.mailbox.put(envelope, frames[1:], lambda c, ok, v: self._reply(peer, c, ok, v))
+
+    def _reply(self, peer: bytes, call: Call, ok: bool, value: Any) -> None:
+        if ok:
+            if not call.reply_on_success:
+                return
+            try:
+                payload = self._encoder.encode(value)
+            except Exception as exc:  # an unencodable result is the call's failure
+                self._send_failure(peer, failure_from(call.call_id, exc))
+                return
+            self.transport.send_to(peer, [self._codec.encode(Result(call.call_id)), *payload])
+        else:
+            if isinstance(value, ProtocolError):
+                logger.error("rank %d: bad arguments for %s, nothing run: %s",
+                             self.rank, call.method, value)
+            self._send_failure(peer, failure_from(call.call_id, value))
+
+    def _send_failure(self, peer: bytes, failure: Failure) -> None:
+        try:
+            self.transport.send_to(peer, [self._codec.encode(failure)])
+        except TransportClosed:
+            logger.warning("rank %d: failure reply lost, socket closed", self.rank)

@@ -1,0 +1,13 @@
+"""ZeroMQ transports behind one small interface: aiozmq, or pyzmq's ``zmq.asyncio``."""
+
+from .base import (
+    BACKENDS,
+    Transport,
+    TransportClosed,
+    bind_router,
+    connect_dealer,
+    resolve_backend,
+)
+
+__all__ = ["BACKENDS", "Transport", "TransportClosed", "bind_router", "connect_dealer",
+           "resolve_backend"]

@@ -1,0 +1,69 @@
+"""Transport over aiozmq streams (the default where aiozmq imports: Python ≤ 3.13)."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+import aiozmq
+import zmq
+from actorexec.protocol.codec import Frame
+
+from .base import Transport, TransportClosed, logger
+
+
+class AiozmqTransport(Transport):
+    """An aiozmq stream; writes are buffered in order by aiozmq when the socket is full."""
+
+    def __init__(self, stream: aiozmq.ZmqStream, endpoint: str, router: bool) -> None:
+        self.endpoint = endpoint
+        self._stream = stream
+        self._router = router
+        self._sock: zmq.Socket = stream.transport.get_extra_info("zmq_socket")
+        self._closed = False
+
+    @classmethod
+    async def create(cls, kind: str, endpoint: str, bind: bool) -> AiozmqTransport:
+        where = {"bind": endpoint} if bind else {"connect": endpoint}
+        # A large read high-water mark: reading pauses only under real backlog.
+        stream = await aiozmq.create_zmq_stream(getattr(zmq, kind), high_read=1 << 30, **where)
+        stream.transport.setsockopt(zmq.LINGER, 0)
+        if kind == "ROUTER":
+            stream.transport.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        return cls(stream, endpoint, router=kind == "ROUTER")
+
+    def send(self, frames: Sequence[Frame]) -> None:
+        if self._closed:
+            raise TransportClosed(f"transport {self.endpoint} is closed")
+        self._stream.write(list(frames))
+
+    def send_to(self, identity: bytes, frames: Sequence[Frame]) -> None:
+        if self._closed:
+            raise TransportClosed(f"transport {self.endpoint} is closed")
+        msg = [identity, *frames]
+        if self._stream.transport.get_write_buffer_size() == 0:
+            # aiozmq treats EHOSTUNREACH (a peer that left before its reply) as fatal
+            # and closes the socket; try the send ourselves so one vanished peer
+            # cannot take down an actor serving others. EAGAIN falls back to aiozmq's
+            # ordered buffer (nothing is queued ahead of us, so order holds).
+            try:
+                self._sock.send_multipart(msg, zmq.DONTWAIT, copy=False)
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EHOSTUNREACH:
+                    logger.warning("reply to a vanished peer dropped: %s", exc)
+                    return
+                if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                    raise
+        self._stream.write(msg)
+
+    async def recv(self) -> list[bytes]:
+        try:
+            return await self._stream.read()
+        except aiozmq.ZmqStreamClosed as exc:
+            raise TransportClosed(f"transport {self.endpoint} is closed") from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.close()

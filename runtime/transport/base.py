@@ -1,0 +1,81 @@
+"""The transport interface: ordered, lossless multipart messaging over ZeroMQ.
+
+Two socket roles are used. An actor process *binds* a ROUTER (it may serve
+several peers: the executor, a test writing raw frames); a caller *connects*
+a DEALER. ``send`` is synchronous and ordered: frames handed to it leave in
+call order, which is what lets ``execute_model`` send at once from a plain
+``def``. Nothing is dropped silently: ROUTER sockets set ``ROUTER_MANDATORY``
+(without it a ROUTER drops at its high-water mark or for an unknown peer), so a
+full queue waits and an unreachable peer becomes a logged error.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+
+from actorexec.protocol.codec import Frame
+
+logger = logging.getLogger("actorexec.runtime.transport")
+
+BACKENDS = ("aiozmq", "pyzmq")
+
+
+class TransportClosed(Exception):
+    """``recv`` on a closed transport."""
+
+
+class Transport(abc.ABC):
+    """One ZeroMQ socket on the running event loop."""
+
+    endpoint: str
+
+    @abc.abstractmethod
+    def send(self, frames: Sequence[Frame]) -> None:
+        """Queue one multipart message (DEALER side); ordered, never dropped."""
+
+    @abc.abstractmethod
+    def send_to(self, identity: bytes, frames: Sequence[Frame]) -> None:
+        """Queue one message to the peer ``identity`` (ROUTER side)."""
+
+    @abc.abstractmethod
+    async def recv(self) -> list[bytes]:
+        """The next message; on a ROUTER the first frame is the peer identity."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close at once (linger 0); a pending ``recv`` raises TransportClosed."""
+
+
+def resolve_backend(name: str) -> str:
+    """``"auto"`` → aiozmq when it imports (it fails on Python 3.14), else pyzmq."""
+    if name == "auto":
+        try:
+            import aiozmq  # noqa: F401
+        except Exception:  # ImportError, or a broken import on a new Python
+            return "pyzmq"
+        return "aiozmq"
+    if name not in BACKENDS:
+        raise ValueError(f"zmq backend {name!r} is not one of ('auto', *{BACKENDS})")
+    return name
+
+
+async def bind_router(endpoint: str, backend: str = "auto") -> Transport:
+    """A ROUTER bound to ``endpoint`` (``ipc://path`` or ``tcp://host:port``)."""
+    backend = resolve_backend(backend)
+    if backend == "aiozmq":
+        from .aiozmq_transport import AiozmqTransport
+        return await AiozmqTransport.create("ROUTER", endpoint, bind=True)
+    from .pyzmq_transport import PyzmqTransport
+    return PyzmqTransport("ROUTER", endpoint, bind=True)
+
+
+async def connect_dealer(endpoint: str, backend: str = "auto") -> Transport:
+    """A DEALER connected to ``endpoint``; messages queue until the peer binds."""
+    backend = resolve_backend(backend)
+    if backend == "aiozmq":
+        from .aiozmq_transport import AiozmqTransport
+        return await AiozmqTransport.create("DEALER", endpoint, bind=False)
+    from .pyzmq_transport import PyzmqTransport
+    return PyzmqTransport("DEALER", endpoint, bind=False)

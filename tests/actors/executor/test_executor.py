@@ -1,0 +1,196 @@
+"""The executor contract, run against both backends (uni: in-process, mp: processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from actorexec.actors.executor import Executor, MultiprocExecutor, UniProcExecutor
+from actorexec.protocol import (
+    ActorDiedError,
+    Config,
+    ExecutorFailedError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    ModelConfig,
+    ModelRunnerOutput,
+    ParallelConfig,
+    RemoteError,
+    SchedulerOutput,
+)
+
+from .workers import record_pid
+
+WORKER = "tests.actors.executor.workers:EchoWorker"
+
+
+def make_config(backend: str = "uni", tp: int = 1, pp: int = 1, **parallel: object) -> Config:
+    return Config(model=ModelConfig(model="unused"), parallel=ParallelConfig(
+        tensor_parallel_size=tp, pipeline_parallel_size=pp, distributed_executor_backend=backend,
+        worker_cls=WORKER, worker_start_timeout_s=60, **parallel))
+
+
+@pytest.fixture(params=["uni", "mp"])
+async def executor(request: pytest.FixtureRequest):
+    async with await Executor.create(make_config(request.param)) as ex:
+        yield ex
+
+
+@pytest.fixture
+async def mp2():
+    async with await Executor.create(make_config("mp", tp=2)) as ex:
+        yield ex
+
+
+def step(step_id: int, reqs: int = 2) -> SchedulerOutput:
+    return SchedulerOutput(step_id=step_id, num_scheduled_tokens={f"r{i}": 1 for i in range(reqs)},
+                           total_num_scheduled_tokens=reqs)
+
+
+@pytest.mark.timeout(60)
+async def test_create_resolves_the_backend_and_runs_init_device_and_load_model(executor):
+    assert isinstance(executor, UniProcExecutor | MultiprocExecutor)
+    assert await executor.collective_rpc("history") == [["init_device", "load_model"]]
+
+
+@pytest.mark.timeout(60)
+async def test_calls_reach_the_worker_in_call_order_across_many_concurrent_calls(executor):
+    futs = [executor.collective_rpc("echo", (i,)) for i in range(300)]
+    assert [r[0] for r in await asyncio.gather(*futs)] == list(range(300))
+    assert (await executor.collective_rpc("history"))[0][2:] == list(range(300))
+
+
+@pytest.mark.timeout(60)
+async def test_non_block_returns_one_future_per_rank(mp2):
+    futs = mp2.collective_rpc("whoami", non_block=True)
+    assert len(futs) == 2 and all(isinstance(f, asyncio.Future) for f in futs)
+    ranks = [(await f)[0] for f in futs]
+    assert ranks == [0, 1]
+
+
+@pytest.mark.timeout(60)
+async def test_unique_reply_rank_returns_only_that_ranks_result(mp2):
+    assert await mp2.collective_rpc("whoami", unique_reply_rank=1) == [1, mp2.refs[1].pid]
+    # a failure on a silent rank fails the call when it comes before the reply rank's result
+    # (in a real step the output rank waits on the others through collectives)
+    with pytest.raises(InvalidRequestError):
+        await mp2.collective_rpc("fail_on_rank", (1, 0.5), unique_reply_rank=0)
+    assert await mp2.collective_rpc("fail_on_rank", (5,), unique_reply_rank=0) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_slow_method_past_its_deadline_raises_timeout_within_half_a_second(executor):
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await executor.collective_rpc("slow", (1.0,), timeout=0.3)
+    assert time.monotonic() - start < 0.8
+    # a call that reaches the worker after its deadline is answered unrun, in order
+    late = executor.collective_rpc("echo", ("late",), timeout=0.1)
+    with pytest.raises(TimeoutError):
+        await late
+    assert await executor.check_health(timeout=10) == [None]
+
+
+@pytest.mark.timeout(60)
+async def test_a_remote_exception_arrives_typed_with_its_traceback(executor):
+    with pytest.raises(ValueError, match="boom") as info:
+        await executor.collective_rpc("fail", ("boom",))
+    if isinstance(executor, MultiprocExecutor):
+        assert isinstance(info.value, RemoteError)
+        assert info.value.remote_type == "ValueError"
+        assert "in fail" in info.value.remote_traceback
+    assert await executor.collective_rpc("echo", ("after",)) == ["after"]
+
+
+@pytest.mark.timeout(60)
+async def test_execute_model_keeps_several_steps_in_flight_and_rejects_bad_input(executor):
+    futs = [executor.execute_model(step(i)) for i in range(5)]
+    outs = [await f for f in futs]
+    assert all(isinstance(o, ModelRunnerOutput) for o in outs)
+    assert [o.step_id for o in outs] == list(range(5))
+    assert outs[0].req_ids == ["r0", "r1"]
+    with pytest.raises(InvalidRequestError):
+        await executor.execute_model(step(-1))
+    assert (await executor.execute_model(step(7))).step_id == 7
+
+
+@pytest.mark.timeout(60)
+async def test_execute_model_returns_the_output_ranks_result_with_two_ranks(mp2):
+    assert mp2.output_rank == 0 and mp2.max_concurrent_batches == 1
+    outs = await asyncio.gather(*(mp2.execute_model(step(i)) for i in range(20)))
+    assert [o.step_id for o in outs] == list(range(20))
+    histories = await mp2.collective_rpc("history")
+    assert [h[2:] for h in histories] == [[("step", i) for i in range(20)]] * 2 or all(
+        [tuple(x) for x in h[2:]] == [("step", i) for i in range(20)] for h in histories)
+
+
+@pytest.mark.timeout(60)
+async def test_a_method_off_the_allow_list_is_refused_and_runs_nothing(executor):
+    for name in ("offload", "_runner", "request_stop", "__init__", "log"):
+        with pytest.raises(MethodNotAllowedError):
+            executor.collective_rpc(name)
+    with pytest.raises(TypeError):
+        executor.collective_rpc("echo", (1, 2))
+    assert (await executor.collective_rpc("history"))[0] == ["init_device", "load_model"]
+
+
+@pytest.mark.timeout(60)
+async def test_callables_run_only_in_process_or_when_the_config_allows_them(executor):
+    if isinstance(executor, UniProcExecutor):
+        assert await executor.collective_rpc(lambda w: w.rank + 41) == [41]
+    else:
+        with pytest.raises(MethodNotAllowedError):
+            executor.collective_rpc(record_pid, ("x",))
+
+
+@pytest.mark.timeout(60)
+async def test_callables_by_module_path_run_on_mp_workers_when_allowed():
+    async with await Executor.create(make_config("mp", allow_callable_rpc=True)) as ex:
+        assert await ex.collective_rpc(record_pid, ("x",)) == [["x", 0]]
+        with pytest.raises(TypeError):
+            ex.collective_rpc(lambda w: 1)
+
+
+@pytest.mark.timeout(60)
+async def test_initialize_kv_cache_uses_the_smallest_rank_budget(mp2):
+    kv = await mp2.initialize_kv_cache()
+    per_block = 2 * 16 * 2 * 8 * 2
+    assert kv.num_blocks == (1 << 20) // per_block
+    histories = await mp2.collective_rpc("history")
+    assert all(["kv", kv.num_blocks] in h or ("kv", kv.num_blocks) in h for h in histories)
+
+
+@pytest.mark.timeout(60)
+async def test_sigkill_of_a_worker_fails_every_pending_call_within_a_second(mp2):
+    fired: list[int] = []
+    mp2.register_failure_callback(lambda: fired.append(1))
+    pending = [mp2.collective_rpc("slow", (10.0,)) for _ in range(3)]
+    pending.append(mp2.execute_model(step(1)))
+    await asyncio.sleep(0.2)
+    victim = mp2.refs[1]
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    for fut in pending:
+        with pytest.raises(ActorDiedError) as info:
+            await fut
+        assert info.value.rank == 1 and info.value.pid == victim.pid
+        assert "SIGKILL" in str(info.value) and str(victim.pid) in str(info.value)
+    assert time.monotonic() - killed_at < 1.0
+    await asyncio.sleep(0.1)
+    assert fired == [1] and mp2.is_failed
+    with pytest.raises(ExecutorFailedError):
+        mp2.collective_rpc("echo", (1,))
+    late: list[int] = []
+    mp2.register_failure_callback(lambda: late.append(1))
+    assert late == [1]
+
+
+def test_an_unknown_backend_raises_value_error_listing_the_choices():
+    with pytest.raises(ValueError, match="'uni', 'mp'"):
+        Executor.get_class(make_config("ray-please"))
+    assert Executor.get_class(make_config(f"{MultiprocExecutor.__module__}:MultiprocExecutor")) \
+        is MultiprocExecutor
+    assert Executor.get_class(make_config(UniProcExecutor)) is UniProcExecutor
