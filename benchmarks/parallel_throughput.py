@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from decode_driver import RequestGroup
+
 from actorexec.actors.executor import Executor
 from actorexec.protocol import (
     CacheConfig,
@@ -26,7 +28,6 @@ from actorexec.protocol import (
     ModelConfig,
     ParallelConfig,
 )
-from decode_driver import RequestGroup
 
 # Llama-3-8B shapes with fewer layers: a bf16 decode step is milliseconds on an H200.
 MODEL = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32000,

@@ -37,7 +37,7 @@ from .kv_cache import (
     make_kv_cache_configs,
     num_blocks_for,
 )
-from .outputs import ModelRunnerOutput, TokenLogprobs
+from .outputs import ModelRunnerOutput, StepTiming, TokenLogprobs
 from .sampling import SamplingParams
 from .scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 
@@ -48,6 +48,7 @@ __all__ = [
     "KVCacheSpec", "MethodNotAllowedError", "MethodSpec", "ModelConfig", "ModelRunnerOutput",
     "NewRequestData", "ParallelConfig", "PayloadDecoder", "PayloadEncoder", "ProtocolError",
     "Ready", "RemoteError", "Result", "SamplingParams", "SchedulerConfig", "SchedulerOutput",
+    "StepTiming",
     "TensorRef", "TokenLogprobs", "build_method_specs", "generic_spec", "make_kv_cache_configs",
     "num_blocks_for", "wire_config",
 ]

@@ -27,3 +27,13 @@ class ModelRunnerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
 
     def tokens_by_request(self) -> dict[str, list[int]]:
         return dict(zip(self.req_ids, self.sampled_token_ids, strict=True))
+
+
+class StepTiming(msgspec.Struct, array_like=True, gc=False):
+    """When one rank ran one step: ``time.monotonic()`` seconds (system-wide on Linux,
+    so ranks on one host compare). Used to show that pipeline stages overlap."""
+
+    step_id: int
+    rank: int
+    start: float
+    end: float

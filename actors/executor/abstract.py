@@ -23,6 +23,7 @@ from actorexec.protocol import (
     MethodNotAllowedError,
     ModelRunnerOutput,
     SchedulerOutput,
+    StepTiming,
     make_kv_cache_configs,
 )
 from actorexec.protocol.codec import generic_spec
@@ -75,6 +76,10 @@ class Executor(abc.ABC):
     async def create(cls, config: Config) -> Executor:
         """A started executor: workers up, ``init_device`` and ``load_model`` done on every rank."""
         executor = (cls.get_class(config) if cls is Executor else cls)(config)
+        # Impossible layouts fail here, before any process starts, saying what to change.
+        validate = getattr(executor.worker_cls, "validate_config", None)
+        if validate is not None:
+            validate(config)
         try:
             await executor._start_workers()
             await executor.collective_rpc("init_device")
@@ -137,8 +142,7 @@ class Executor(abc.ABC):
                 for rank, ref in enumerate(self.refs)]
         if unique_reply_rank is not None:
             others = [f for rank, f in enumerate(futs) if rank != unique_reply_rank]
-            combined = first_failure_or(futs[unique_reply_rank], others)
-            return combined
+            return first_failure_or(futs[unique_reply_rank], others, self._on_divergence)
         return futs if non_block else gather_ranks(futs)
 
     def _prepare(self, method: str | Callable[..., Any], args: Sequence[Any],
@@ -173,7 +177,7 @@ class Executor(abc.ABC):
         else:
             self._failure_callbacks.append(callback)
 
-    def _on_worker_death(self, ref: ActorRef, error: BaseException) -> None:
+    def _on_worker_death(self, ref: ActorRef | None, error: BaseException) -> None:
         if self.failure is not None or self._shut_down:
             return
         logger.error("executor failed: %s", error)
@@ -186,6 +190,11 @@ class Executor(abc.ABC):
                 callback()
             except Exception:
                 logger.exception("failure callback raised")
+
+    def _on_divergence(self, error: BaseException) -> None:
+        """A rank failed a call that the reply rank completed: the ranks' states differ."""
+        self._on_worker_death(None, ExecutorFailedError(
+            f"a rank failed after the output rank had answered; ranks no longer agree: {error}"))
 
     def _check_usable(self) -> None:
         if self.failure is not None:
@@ -221,6 +230,10 @@ class Executor(abc.ABC):
         configs = make_kv_cache_configs(specs, available, self.config.cache.num_blocks_override)
         await self.initialize_from_config(configs)
         return configs[0]
+
+    def get_step_timeline(self) -> Awaitable[list[list[StepTiming]]]:
+        """Per rank: when it started and finished each step (for pipelining checks)."""
+        return self.collective_rpc("get_step_timeline")
 
     def check_health(self, timeout: float | None = 10.0) -> Awaitable[list[None]]:
         return self.collective_rpc("check_health", timeout=timeout)

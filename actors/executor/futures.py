@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger("actorexec.executor")
@@ -16,16 +16,26 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def first_failure_or(primary: asyncio.Future[Any],
-                     others: Sequence[asyncio.Future[Any]]) -> asyncio.Future[Any]:
-    """Resolves with ``primary``'s result; fails as soon as any of the futures fails."""
+def first_failure_or(primary: asyncio.Future[Any], others: Sequence[asyncio.Future[Any]],
+                     on_divergence: Callable[[BaseException], None] | None = None,
+                     ) -> asyncio.Future[Any]:
+    """Resolves with ``primary``'s result; fails as soon as any of the futures fails.
+
+    A rank that fails after ``primary`` already succeeded means the ranks no
+    longer agree on state (one ran the step, another did not):
+    ``on_divergence(error)`` is told, so the caller can stop trusting them.
+    """
     out: asyncio.Future[Any] = primary.get_loop().create_future()
 
     def done(fut: asyncio.Future[Any]) -> None:
         _consume(fut)
         if out.done():
             if not fut.cancelled() and fut.exception() is not None:
-                logger.error("a rank failed after the reply rank answered: %s", fut.exception())
+                error = fut.exception()
+                succeeded = not out.cancelled() and out.exception() is None
+                logger.error("a rank failed after the reply rank answered: %s", error)
+                if succeeded and on_divergence is not None:
+                    on_divergence(error)  # type: ignore[arg-type]
             return
         if fut.cancelled():
             out.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from actorexec.protocol import (
@@ -20,7 +21,9 @@ from actorexec.protocol import (
     KVCacheSpec,
     ModelRunnerOutput,
     SchedulerOutput,
+    StepTiming,
 )
+from actorexec.protocol.errors import ConfigError
 from actorexec.runtime import Actor, expose
 
 logger = logging.getLogger("actorexec.worker")
@@ -39,6 +42,27 @@ class Worker(Actor):
         self.parallel: Any = None
         self.model_runner: Any = None
         self._profiler: Any = None
+        self._timeline: list[StepTiming] = []  # bounded: see _TIMELINE_LEN
+
+    _TIMELINE_LEN = 4096
+
+    @classmethod
+    def validate_config(cls, config: Config) -> None:
+        """Runs in the executor before any worker starts: an impossible layout
+        (devices, heads, layers) raises ConfigError saying what to change."""
+        from actorexec.actors.distributed import validate_parallel
+
+        world = config.parallel.world_size
+        if config.device.device == "cuda":
+            import torch
+
+            count = torch.cuda.device_count()
+            if count < world:
+                raise ConfigError(
+                    f"tensor_parallel_size x pipeline_parallel_size = {world} needs {world} "
+                    f"CUDA devices, but {count} are visible; lower the parallel sizes or "
+                    "use DeviceConfig(device='cpu')")
+        validate_parallel(config)
 
     # -- set-up ---------------------------------------------------------------
     @expose
@@ -47,6 +71,7 @@ class Worker(Actor):
 
     def _init_device(self) -> None:
         import torch
+
         from actorexec.actors.distributed import init_distributed
 
         if self.config.device.device == "cuda":
@@ -95,7 +120,23 @@ class Worker(Actor):
     # -- steps ----------------------------------------------------------------
     @expose
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
-        return self.offload(self._runner().execute_model, scheduler_output)
+        return self.offload(self._timed_execute, scheduler_output)
+
+    def _timed_execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        start = time.monotonic()
+        try:
+            return self._runner().execute_model(scheduler_output)
+        finally:
+            if len(self._timeline) >= self._TIMELINE_LEN:
+                del self._timeline[: self._TIMELINE_LEN // 2]
+            self._timeline.append(StepTiming(scheduler_output.step_id, self.rank, start,
+                                             time.monotonic()))
+
+    @expose
+    def get_step_timeline(self) -> list[StepTiming]:
+        """When this rank ran its recent steps (oldest first); clears the record."""
+        timeline, self._timeline = self._timeline, []
+        return timeline
 
     @expose
     def execute_dummy_batch(self) -> None:

@@ -62,7 +62,8 @@ def test_method_args_decode_typed_and_strict() -> None:
     frames = encoder.encode(specs["execute_model"].bind([so], None))
     decoded = specs["execute_model"].decode_args(frames)
     assert decoded["scheduler_output"] == so and decoded["extra"] is None
-    assert specs["add"].decode_args(encoder.encode(specs["add"].bind([1], None))) == {"a": 1, "b": 2}
+    add_frames = encoder.encode(specs["add"].bind([1], None))
+    assert specs["add"].decode_args(add_frames) == {"a": 1, "b": 2}
     with pytest.raises(ProtocolError, match="unknown field"):
         specs["add"].decode_args([msgspec.msgpack.encode({"a": 1, "c": 3})])
     with pytest.raises(ProtocolError):

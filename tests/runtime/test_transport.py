@@ -9,6 +9,7 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
+
 from actorexec.protocol import (
     Call,
     EnvelopeCodec,

@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+
 from actorexec.actors.executor import Executor, MultiprocExecutor, UniProcExecutor
 from actorexec.protocol import (
     ActorDiedError,
@@ -194,3 +195,20 @@ def test_an_unknown_backend_raises_value_error_listing_the_choices():
     assert Executor.get_class(make_config(f"{MultiprocExecutor.__module__}:MultiprocExecutor")) \
         is MultiprocExecutor
     assert Executor.get_class(make_config(UniProcExecutor)) is UniProcExecutor
+
+
+@pytest.mark.timeout(60)
+async def test_a_rank_failing_after_the_reply_rank_answered_fails_the_executor():
+    # Rank 0 (the reply rank) answers at once; rank 1 fails later. The step "succeeded"
+    # for the caller, but the ranks no longer hold the same state: the executor must
+    # stop trusting them rather than run the next step on diverged ranks.
+    async with await Executor.create(make_config("mp", tp=2)) as ex:
+        fired: list[int] = []
+        ex.register_failure_callback(lambda: fired.append(1))
+        assert await ex.collective_rpc("fail_late_on_rank", (1, 0.3), unique_reply_rank=0) == 0
+        deadline = time.monotonic() + 5
+        while not ex.is_failed and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert ex.is_failed and fired == [1]
+        with pytest.raises(ExecutorFailedError, match="no longer agree"):
+            await ex.collective_rpc("echo", (1,))

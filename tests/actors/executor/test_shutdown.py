@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+
 from actorexec.actors.executor import Executor
 
 from .test_executor import make_config

@@ -30,6 +30,10 @@ class EchoWorker(Worker):
         super().__init__(config, rank, distributed_init_method)
         self.log: list[Any] = []
 
+    @classmethod
+    def validate_config(cls, config: Config) -> None:
+        """No model to check: the test worker runs none."""
+
     def init_device(self) -> None:
         self.log.append("init_device")
 
@@ -64,6 +68,18 @@ class EchoWorker(Worker):
         if rank == self.rank:
             raise InvalidRequestError(f"rank {rank} refuses")
         return self.offload(lambda: (time.sleep(others_take_s), self.rank)[1])
+
+    @expose
+    def fail_late_on_rank(self, rank: int, after_s: float) -> int:
+        """``rank`` fails ``after_s`` seconds in; every other rank answers at once."""
+        if rank != self.rank:
+            return self.rank
+
+        def late() -> int:
+            time.sleep(after_s)
+            raise RuntimeError(f"rank {rank} failed late")
+
+        return self.offload(late)
 
     @expose
     def die(self) -> None:

@@ -1,0 +1,67 @@
+"""Process-group set-up for one rank: the only place that knows about torch.distributed init.
+
+Rank layout as in vLLM: TP ranks are contiguous within a pipeline stage,
+``rank = pp_rank * tp + tp_rank``. Every rank creates every TP and PP group
+(``new_group`` is collective) and keeps its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from actorexec.actors.model.hf_config import read_hf_config
+from actorexec.actors.model.parallel import ParallelContext, split_layers
+from actorexec.protocol.config import Config
+from actorexec.protocol.errors import ConfigError
+
+
+def validate_parallel(config: Config) -> None:
+    """Raises ConfigError saying what to change if the model cannot split this way."""
+    hf = read_hf_config(config.model.model)
+    p = config.parallel
+    tp, pp = p.tensor_parallel_size, p.pipeline_parallel_size
+    if hf.num_heads % tp:
+        raise ConfigError(f"tensor_parallel_size={tp} must divide the {hf.num_heads} attention "
+                          f"heads; pick a divisor of {hf.num_heads}")
+    kv = hf.num_kv_heads
+    if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
+        raise ConfigError(f"tensor_parallel_size={tp} and the {kv} KV heads must divide one "
+                          "another (KV heads are replicated when fewer than TP ranks)")
+    if hf.intermediate_size % tp:
+        raise ConfigError(f"tensor_parallel_size={tp} must divide intermediate_size "
+                          f"{hf.intermediate_size}")
+    if p.pipeline_layer_split is not None and sum(p.pipeline_layer_split) != hf.num_layers:
+        raise ConfigError(f"pipeline_layer_split={p.pipeline_layer_split} sums to "
+                          f"{sum(p.pipeline_layer_split)}, but the model has {hf.num_layers} "
+                          "layers")
+    if pp > hf.num_layers:
+        raise ConfigError(f"pipeline_parallel_size={pp} exceeds the model's {hf.num_layers} "
+                          "layers; use at most that many stages")
+
+
+def init_distributed(config: Config, rank: int, distributed_init_method: str,
+                     device: torch.device) -> ParallelContext:
+    """Joins the process group (gloo on CPU, NCCL on CUDA) and returns this rank's context."""
+    validate_parallel(config)
+    p = config.parallel
+    tp, pp = p.tensor_parallel_size, p.pipeline_parallel_size
+    num_layers = read_hf_config(config.model.model).num_layers
+    layer_range = split_layers(num_layers, pp, p.pipeline_layer_split)[rank // tp]
+    if tp * pp == 1:
+        return ParallelContext(layer_range=layer_range)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method=distributed_init_method,
+                                world_size=tp * pp, rank=rank)
+    tp_group = pp_group = None
+    for stage in range(pp):  # every rank must create every group, in the same order
+        group = dist.new_group([stage * tp + t for t in range(tp)])
+        if stage == rank // tp:
+            tp_group = group
+    for t in range(tp):
+        group = dist.new_group([stage * tp + t for stage in range(pp)])
+        if t == rank % tp:
+            pp_group = group
+    return ParallelContext(tp_rank=rank % tp, tp_size=tp, pp_rank=rank // tp, pp_size=pp,
+                           layer_range=layer_range, tp_group=tp_group, pp_group=pp_group)

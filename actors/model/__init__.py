@@ -1,0 +1,1 @@
+"""Model code: architectures, parallel layers, loading. Knows nothing of processes or actors."""

@@ -1,0 +1,1 @@
+"""Building blocks: norms, rotary embeddings, parallel linears, paged attention."""

@@ -1,0 +1,94 @@
+"""Paged attention over a block-table KV cache, in pure torch.
+
+Every layer owns one cache tensor ``[2, num_blocks, block_size, num_kv_heads,
+head_dim]`` (K and V). New K/V are written through ``slot_mapping`` (slot =
+block_id * block_size + offset); each request then reads its own history
+through its block table. Prefill, chunked prefill and decode tokens share one
+flat batch: the per-request queries are padded to ``[num_reqs, max_q]`` and
+attend with a causal mask offset by what the request had already computed.
+That costs O(num_reqs x max_q x max_kv) memory; a CUDA kernel (FlashAttention
+varlen / paged decode) slots into ``paged_attention`` with the same metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step layout of the flat token batch, shared by every layer of the step.
+
+    ``use_cache=False`` (profiling, dummy batches) runs plain causal attention
+    over the batch as one sequence and touches no cache.
+    """
+
+    slot_mapping: torch.Tensor     # [num_tokens] int64
+    block_table: torch.Tensor      # [num_reqs, max_blocks] int64
+    seq_lens: torch.Tensor         # [num_reqs] tokens in cache after this step
+    query_lens: torch.Tensor       # [num_reqs] tokens run this step
+    token_req: torch.Tensor        # [num_tokens] which request each token belongs to
+    token_q: torch.Tensor          # [num_tokens] its index among the request's queries
+    max_query_len: int
+    max_seq_len: int
+    use_cache: bool = True
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Scatters k, v ([T, Hkv, D]) into their slots of the paged cache."""
+    _, num_blocks, block_size, h, d = kv_cache.shape
+    flat = kv_cache.view(2, num_blocks * block_size, h, d)
+    flat[0].index_copy_(0, slot_mapping, k)
+    flat[1].index_copy_(0, slot_mapping, v)
+
+
+def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                    scale: float) -> torch.Tensor:
+    """q [T, Hq, D] against each request's cached K/V -> [T, Hq, D]."""
+    num_reqs = meta.seq_lens.shape[0]
+    _, _, block_size, hkv, d = kv_cache.shape
+    blocks = -(-meta.max_seq_len // block_size)
+    table = meta.block_table[:, :blocks]                          # [R, nb]
+    k = kv_cache[0][table].view(num_reqs, blocks * block_size, hkv, d)[:, : meta.max_seq_len]
+    v = kv_cache[1][table].view(num_reqs, blocks * block_size, hkv, d)[:, : meta.max_seq_len]
+    # Pad queries per request: [R, max_q, Hq, D].
+    qp = q.new_zeros(num_reqs, meta.max_query_len, q.shape[1], d)
+    qp[meta.token_req, meta.token_q] = q
+    # Query i of request r sits at position seq_len - q_len + i; it sees keys j <= that.
+    # Padded query rows see the whole (non-empty) sequence, so no row is fully masked.
+    q_pos = (meta.seq_lens - meta.query_lens).unsqueeze(1) + torch.arange(
+        meta.max_query_len, device=q.device)                      # [R, max_q]
+    kv_pos = torch.arange(meta.max_seq_len, device=q.device)      # [max_kv]
+    mask = (kv_pos[None, None, :] <= q_pos[:, :, None]) & (
+        kv_pos[None, None, :] < meta.seq_lens[:, None, None])     # [R, max_q, max_kv]
+    out = F.scaled_dot_product_attention(
+        qp.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=mask.unsqueeze(1), scale=scale, enable_gqa=True)  # [R, Hq, max_q, D]
+    return out.transpose(1, 2)[meta.token_req, meta.token_q]      # [T, Hq, D]
+
+
+class PagedAttention(nn.Module):
+    """Attention of one layer; the runner binds its cache tensor to ``kv_cache``."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim ** -0.5
+        self.kv_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        # q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq * D]
+        if not meta.use_cache or self.kv_cache is None:
+            out = F.scaled_dot_product_attention(
+                q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                is_causal=True, scale=self.scale, enable_gqa=True).transpose(0, 1)
+        else:
+            write_kv(self.kv_cache, k, v, meta.slot_mapping)
+            out = paged_attention(q, self.kv_cache, meta, self.scale)
+        return out.reshape(q.shape[0], -1)

@@ -1,0 +1,166 @@
+"""Llama (2/3, Mistral-style): pre-norm decoder, GQA with RoPE, SwiGLU MLP.
+
+Reads like the paper: x -> RMSNorm -> attention -> + residual -> RMSNorm ->
+SwiGLU -> + residual. Tensor parallelism lives only in the projections
+(column-parallel in, row-parallel out: one all-reduce after attention, one
+after the MLP); pipeline parallelism only in which layers this rank builds
+(``parallel.layer_range``) and whether it embeds / norms and projects to logits.
+Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm) reuse this in qwen.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actorexec.actors.model.hf_config import HFModelConfig
+from actorexec.actors.model.layers.attention import AttentionMetadata, PagedAttention
+from actorexec.actors.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from actorexec.actors.model.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from actorexec.actors.model.layers.norm import RMSNorm
+from actorexec.actors.model.layers.rotary import RotaryEmbedding
+from actorexec.actors.model.parallel import ParallelContext
+
+
+@dataclass
+class IntermediateTensors:
+    """What one pipeline stage hands the next: the residual stream, split as vLLM does."""
+
+    hidden: torch.Tensor    # [num_tokens, hidden]
+    residual: torch.Tensor  # [num_tokens, hidden]
+
+
+class LlamaAttention(nn.Module):
+    """GQA self-attention: this rank's query heads and its (maybe replicated) KV heads."""
+
+    def __init__(self, cfg: HFModelConfig, parallel: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        d = cfg.head_dim
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, d, cfg.num_heads, cfg.num_kv_heads,
+                                          cfg.attention_bias, parallel, dtype)
+        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, False, parallel, dtype)
+        self.rotary_emb = RotaryEmbedding(d, cfg.max_position_embeddings, cfg.rope_theta,
+                                          cfg.rope_scaling)
+        self.attn = PagedAttention(self.qkv_proj.heads_per_rank, self.qkv_proj.kv_per_rank, d)
+
+    def qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k  # Qwen3 normalises each head here
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj.split(self.qkv_proj(x))  # [T, Hq, D], [T, Hkv, D] x2
+        q, k = self.qk_norm(q, k)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, meta))     # [T, hidden] after all-reduce
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused in one column-parallel matmul."""
+
+    def __init__(self, cfg: HFModelConfig, parallel: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        i = cfg.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [i, i], False,
+                                                       parallel, dtype)
+        self.down_proj = RowParallelLinear(i, cfg.hidden_size, False, parallel, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I / tp] each
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    attention_cls: type[LlamaAttention] = LlamaAttention
+
+    def __init__(self, cfg: HFModelConfig, parallel: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.self_attn = self.attention_cls(cfg, parallel, dtype)
+        self.mlp = LlamaMLP(cfg, parallel, dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack of this pipeline stage: layers ``parallel.layer_range`` only."""
+
+    layer_cls: type[LlamaDecoderLayer] = LlamaDecoderLayer
+
+    def __init__(self, cfg: HFModelConfig, parallel: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.parallel = parallel
+        start, end = parallel.layer_range
+        if parallel.is_first_stage:
+            self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
+                                                       parallel, dtype)
+        # Keyed by absolute index, so parameter names match the checkpoint's.
+        self.layers = nn.ModuleDict({str(i): self.layer_cls(cfg, parallel, dtype)
+                                     for i in range(start, end)})
+        if parallel.is_last_stage:
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                meta: AttentionMetadata, intermediate: IntermediateTensors | None = None
+                ) -> torch.Tensor | IntermediateTensors:
+        if self.parallel.is_first_stage:
+            assert input_ids is not None
+            x, residual = self.embed_tokens(input_ids), None  # [T, hidden]
+        else:
+            assert intermediate is not None
+            x, residual = intermediate.hidden, intermediate.residual
+        for layer in self.layers.values():
+            x, residual = layer(positions, x, residual, meta)
+        if not self.parallel.is_last_stage:
+            return IntermediateTensors(x, residual)
+        x, _ = self.norm(x, residual)
+        return x  # [T, hidden]
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder + LM head (tied to the embedding when the config says so)."""
+
+    model_cls: type[LlamaModel] = LlamaModel
+    # (our fused parameter, checkpoint name, shard id): how HF's separate
+    # projections load into the fused ones.
+    stacked_params = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"),
+                      ("qkv_proj", "v_proj", "v"), ("gate_up_proj", "gate_proj", 0),
+                      ("gate_up_proj", "up_proj", 1))
+
+    def __init__(self, cfg: HFModelConfig, parallel: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config, self.parallel = cfg, parallel
+        self.model = self.model_cls(cfg, parallel, dtype)
+        if parallel.is_last_stage:
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, parallel, dtype)
+            if cfg.tie_word_embeddings and parallel.is_first_stage:
+                self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                meta: AttentionMetadata, intermediate: IntermediateTensors | None = None
+                ) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, meta, intermediate)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[num_reqs, hidden] -> [num_reqs, vocab] float32 (gathered over TP)."""
+        return self.lm_head.compute_logits(hidden).float()
+
+    def attention_layers(self) -> dict[str, PagedAttention]:
+        """This rank's attention modules keyed by checkpoint-style layer name."""
+        return {f"model.layers.{i}.self_attn": layer.self_attn.attn
+                for i, layer in self.model.layers.items()}

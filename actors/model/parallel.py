@@ -1,0 +1,106 @@
+"""Handles to this rank's place in the TP x PP grid, and the collectives layers need.
+
+Model code receives a ``ParallelContext`` instead of reading globals, so the
+same layers run at world size 1 (every collective a no-op) and under TP/PP.
+It holds process groups but knows nothing of how processes were started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """Where this rank sits: TP rank in its stage, PP stage, and the layers it holds.
+
+    Ranks are laid out as in vLLM: ``rank = pp_rank * tp_size + tp_rank``.
+    """
+
+    tp_rank: int = 0
+    tp_size: int = 1
+    pp_rank: int = 0
+    pp_size: int = 1
+    layer_range: tuple[int, int] = (0, 0)
+    tp_group: Any = None  # torch ProcessGroup | None
+    pp_group: Any = None
+
+    @property
+    def rank(self) -> int:
+        return self.pp_rank * self.tp_size + self.tp_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.tp_size * self.pp_size
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_output_rank(self) -> bool:
+        """Last stage, TP rank 0: the one rank that samples and replies."""
+        return self.is_last_stage and self.tp_rank == 0
+
+    @property
+    def prev_rank(self) -> int | None:
+        """Global rank of the same TP rank in the previous stage (None on stage 0)."""
+        return None if self.is_first_stage else self.rank - self.tp_size
+
+    @property
+    def next_rank(self) -> int | None:
+        """Global rank of the same TP rank in the next stage (None on the last stage)."""
+        return None if self.is_last_stage else self.rank + self.tp_size
+
+    @classmethod
+    def single(cls, num_layers: int) -> ParallelContext:
+        """World size 1: this rank holds every layer."""
+        return cls(layer_range=(0, num_layers))
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over the TP group, in place; a no-op at TP size 1."""
+        if self.tp_size > 1:
+            dist.all_reduce(x, group=self.tp_group)
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Concatenates each TP rank's ``x`` along ``dim``; identity at TP size 1."""
+        if self.tp_size == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.tp_size)]
+        dist.all_gather(parts, x.contiguous(), group=self.tp_group)
+        return torch.cat(parts, dim=dim)
+
+    def shard_range(self, size: int) -> tuple[int, int]:
+        """This TP rank's [start, end) of a dimension of ``size`` split evenly."""
+        per = size // self.tp_size
+        return self.tp_rank * per, (self.tp_rank + 1) * per
+
+    def kv_head_shard(self, num_kv_heads: int) -> tuple[int, int]:
+        """(first kv head, kv heads) this rank holds; heads are replicated when kv < tp."""
+        if num_kv_heads >= self.tp_size:
+            per = num_kv_heads // self.tp_size
+            return self.tp_rank * per, per
+        replicas = self.tp_size // num_kv_heads
+        return self.tp_rank // replicas, 1
+
+
+def split_layers(num_layers: int, pp_size: int,
+                 split: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
+    """[start, end) of each stage: ``split`` if given, else even (earlier stages take more)."""
+    if split is None:
+        base, extra = divmod(num_layers, pp_size)
+        split = tuple(base + (1 if i < extra else 0) for i in range(pp_size))
+    ranges, start = [], 0
+    for n in split:
+        ranges.append((start, start + n))
+        start += n
+    return ranges

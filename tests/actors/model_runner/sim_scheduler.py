@@ -1,0 +1,148 @@
+"""A tiny scheduler that drives a ModelRunner directly: block allocation, chunked
+prefill and diff-style SchedulerOutputs, as the engine would build them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from actorexec.actors.model.parallel import ParallelContext
+from actorexec.actors.model_runner import ModelRunner
+from actorexec.protocol import (
+    CacheConfig,
+    CachedRequestData,
+    Config,
+    ModelConfig,
+    ModelRunnerOutput,
+    NewRequestData,
+    SamplingParams,
+    SchedulerConfig,
+    SchedulerOutput,
+    make_kv_cache_configs,
+)
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def make_runner(path: Path | str, block_size: int = 4, num_blocks: int = 64,
+                max_tokens: int = 256, max_seqs: int = 8, **model_kw: object) -> ModelRunner:
+    """A world-size-1 runner with its model loaded and KV cache allocated."""
+    config = Config(model=ModelConfig(model=str(path), **model_kw),
+                    cache=CacheConfig(block_size=block_size, num_blocks_override=num_blocks),
+                    scheduler=SchedulerConfig(max_num_batched_tokens=max_tokens,
+                                              max_num_seqs=max_seqs))
+    from actorexec.actors.model.hf_config import read_hf_config
+    layers = read_hf_config(path).num_layers
+    runner = ModelRunner(config, torch.device("cpu"), ParallelContext.single(layers))
+    runner.load_model()
+    specs = runner.get_kv_cache_spec()
+    (kv,) = make_kv_cache_configs([specs], [runner.determine_available_memory()], num_blocks)
+    runner.initialize_kv_cache(kv)
+    return runner
+
+
+@dataclass
+class SimRequest:
+    req_id: str
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    output: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    unsent: list[int] = field(default_factory=list)  # tokens gained since last scheduled
+    sent: bool = False
+    logprobs: list = field(default_factory=list)
+
+    @property
+    def all_tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+
+class SimScheduler:
+    """FCFS over running requests, ``token_budget`` tokens per step (chunked prefill
+    when a prompt does not fit), blocks allocated from a free list as tokens need them."""
+
+    def __init__(self, runner: ModelRunner, token_budget: int = 256) -> None:
+        self.runner = runner
+        assert runner.kv_cache_config is not None
+        self.free = list(range(runner.kv_cache_config.num_blocks))
+        self.block_size = runner.block_size
+        self.token_budget = token_budget
+        self.running: dict[str, SimRequest] = {}
+        self.done: dict[str, SimRequest] = {}
+        self.finished_since_last: list[str] = []
+        self.step_id = 0
+
+    def add(self, req_id: str, prompt: list[int], params: SamplingParams = GREEDY,
+            max_tokens: int = 8) -> None:
+        self.running[req_id] = SimRequest(req_id, list(prompt), params, max_tokens)
+
+    def schedule(self) -> SchedulerOutput:
+        new, cached = [], CachedRequestData()
+        counts: dict[str, int] = {}
+        budget = self.token_budget
+        for req in self.running.values():
+            n = min(len(req.all_tokens) - req.num_computed, budget)
+            if n <= 0:
+                continue
+            budget -= n
+            need = -(-(req.num_computed + n) // self.block_size) - len(req.blocks)
+            fresh = [self.free.pop(0) for _ in range(need)]
+            req.blocks += fresh
+            counts[req.req_id] = n
+            if not req.sent:
+                new.append(NewRequestData(req_id=req.req_id, prompt_token_ids=req.prompt,
+                                          sampling_params=req.params, block_ids=list(req.blocks),
+                                          num_computed_tokens=req.num_computed,
+                                          output_token_ids=list(req.output)))
+                req.sent = True
+            else:
+                cached.req_ids.append(req.req_id)
+                cached.resumed_from_preemption.append(False)
+                cached.new_token_ids.append(req.unsent)
+                cached.new_block_ids.append(fresh)
+                cached.num_computed_tokens.append(req.num_computed)
+            req.unsent = []
+        so = SchedulerOutput(step_id=self.step_id, scheduled_new_reqs=new,
+                             scheduled_cached_reqs=cached, num_scheduled_tokens=counts,
+                             total_num_scheduled_tokens=sum(counts.values()),
+                             finished_req_ids=self.finished_since_last)
+        self.finished_since_last = []
+        self.step_id += 1
+        return so
+
+    def update(self, so: SchedulerOutput, out: ModelRunnerOutput) -> None:
+        for req_id, n in so.num_scheduled_tokens.items():
+            self.running[req_id].num_computed += n
+        for req_id, tokens in out.tokens_by_request().items():
+            req = self.running[req_id]
+            req.output += tokens
+            req.unsent += tokens
+            req.logprobs += out.logprobs.get(req_id, [])
+            if len(req.output) >= req.max_tokens:
+                self.free += req.blocks
+                self.done[req_id] = self.running.pop(req_id)
+                self.finished_since_last.append(req_id)
+
+    def step(self) -> ModelRunnerOutput:
+        so = self.schedule()
+        out = self.runner.execute_model(so)
+        assert out is not None
+        self.update(so, out)
+        return out
+
+    def run(self, arrivals: dict[int, list[tuple[str, list[int], int]]] | None = None,
+            max_steps: int = 200) -> dict[str, list[int]]:
+        """Steps until every request is done; ``arrivals[step]`` join before that step."""
+        arrivals = arrivals or {}
+        for step in range(max_steps):
+            for req_id, prompt, max_tokens in arrivals.get(step, []):
+                self.add(req_id, prompt, max_tokens=max_tokens)
+            if not self.running and step > max(arrivals, default=-1):
+                break
+            if self.running:
+                self.step()
+        return {r.req_id: r.output for r in self.done.values()}
