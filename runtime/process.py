@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+
 from actorexec.protocol.codec import EnvelopeCodec, PayloadDecoder
 from actorexec.protocol.envelopes import Call, Failure, Ready, Result
 from actorexec.protocol.errors import ActorClosedError, ActorDiedError, ProtocolError

@@ -54,6 +54,8 @@ class ModelRunner:
                                     device)
         gen = torch.Generator(device=device).manual_seed(config.model.seed)
         self.sampler = Sampler(gen)
+        # PP sends in flight: (work, tensors kept alive until the peer has them).
+        self._inflight_sends: list[tuple[dist.Work, tuple[torch.Tensor, ...]]] = []
 
     # ---- set-up -------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -165,12 +167,27 @@ class ModelRunner:
             intermediate = IntermediateTensors(hidden, residual)
         out = model(input_ids if p.is_first_stage else None, positions, meta, intermediate)
         if isinstance(out, IntermediateTensors):
-            # Ordered per pair of ranks, so the next stage's irecvs match these sends.
-            for work in (dist.isend(out.hidden.contiguous(), p.next_rank, group=p.pp_group),
-                         dist.isend(out.residual.contiguous(), p.next_rank, group=p.pp_group)):
-                work.wait()
+            self._send_intermediate(out)
             return None
         return out
+
+    # A stage never waits on its successor: sends complete in the background while this
+    # stage takes the next batch. Bounded, so a stalled successor cannot make a stage
+    # queue unbounded activations (one [tokens, hidden] pair per batch in flight).
+    _MAX_INFLIGHT_SENDS = 8
+
+    def _send_intermediate(self, out: IntermediateTensors) -> None:
+        p = self.parallel
+        self._inflight_sends = [(w, t) for w, t in self._inflight_sends if not w.is_completed()]
+        while len(self._inflight_sends) >= self._MAX_INFLIGHT_SENDS:
+            work, _ = self._inflight_sends.pop(0)
+            work.wait()
+        tensors = (out.hidden.contiguous(), out.residual.contiguous())
+        # Ordered per pair of ranks, so the next stage's irecvs match these sends.
+        for tensor in tensors:
+            work = dist.isend(tensor, p.next_rank, group=p.pp_group)
+            assert work is not None
+            self._inflight_sends.append((work, tensors))
 
     def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor
                 ) -> ModelRunnerOutput:

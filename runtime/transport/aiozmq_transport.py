@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import aiozmq
 import zmq
+
 from actorexec.protocol.codec import Frame
 
 from .base import Transport, TransportClosed, logger

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import zmq
 import zmq.asyncio
+
 from actorexec.protocol.codec import Frame
 
 from .base import Transport, TransportClosed, logger

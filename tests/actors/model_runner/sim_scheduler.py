@@ -3,6 +3,7 @@ prefill and diff-style SchedulerOutputs, as the engine would build them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,11 +66,18 @@ class SimScheduler:
     """FCFS over running requests, ``token_budget`` tokens per step (chunked prefill
     when a prompt does not fit), blocks allocated from a free list as tokens need them."""
 
-    def __init__(self, runner: ModelRunner, token_budget: int = 256) -> None:
+    def __init__(self, runner: ModelRunner | None, token_budget: int = 256,
+                 blocks: list[int] | None = None, block_size: int | None = None) -> None:
+        """Drives ``runner`` directly, or (runner None) builds steps for an executor
+        over the KV blocks ``blocks`` of ``block_size`` tokens."""
         self.runner = runner
-        assert runner.kv_cache_config is not None
-        self.free = list(range(runner.kv_cache_config.num_blocks))
-        self.block_size = runner.block_size
+        if runner is not None:
+            assert runner.kv_cache_config is not None
+            blocks = list(range(runner.kv_cache_config.num_blocks))
+            block_size = runner.block_size
+        assert blocks is not None and block_size is not None
+        self.free = list(blocks)
+        self.block_size = block_size
         self.token_budget = token_budget
         self.running: dict[str, SimRequest] = {}
         self.done: dict[str, SimRequest] = {}
@@ -128,19 +136,36 @@ class SimScheduler:
                 self.finished_since_last.append(req_id)
 
     def step(self) -> ModelRunnerOutput:
+        assert self.runner is not None
         so = self.schedule()
         out = self.runner.execute_model(so)
         assert out is not None
         self.update(so, out)
         return out
 
+    def admit(self, arrivals: dict[int, list[tuple[str, list[int], int]]], step: int) -> None:
+        for req_id, prompt, max_tokens in arrivals.get(step, []):
+            self.add(req_id, prompt, max_tokens=max_tokens)
+
+    async def run_async(self, execute: Callable[[SchedulerOutput], Awaitable[ModelRunnerOutput]],
+                        arrivals: dict[int, list[tuple[str, list[int], int]]],
+                        max_steps: int = 200) -> dict[str, list[int]]:
+        """As ``run``, with each step sent through ``execute`` (an executor's execute_model)."""
+        for step in range(max_steps):
+            self.admit(arrivals, step)
+            if not self.running and step > max(arrivals, default=-1):
+                break
+            if self.running:
+                so = self.schedule()
+                self.update(so, await execute(so))
+        return {r.req_id: r.output for r in self.done.values()}
+
     def run(self, arrivals: dict[int, list[tuple[str, list[int], int]]] | None = None,
             max_steps: int = 200) -> dict[str, list[int]]:
         """Steps until every request is done; ``arrivals[step]`` join before that step."""
         arrivals = arrivals or {}
         for step in range(max_steps):
-            for req_id, prompt, max_tokens in arrivals.get(step, []):
-                self.add(req_id, prompt, max_tokens=max_tokens)
+            self.admit(arrivals, step)
             if not self.running and step > max(arrivals, default=-1):
                 break
             if self.running:

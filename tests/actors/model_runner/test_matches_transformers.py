@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from actorexec.protocol import SamplingParams
 from tests.actors.model_runner.sim_scheduler import SimScheduler, make_runner
-from tests.checkpoints import ARCHITECTURES, load_reference
+from tests.actors.reference import hf_greedy, reference_model
+from tests.checkpoints import ARCHITECTURES
 
 PROMPTS = {"a": [1, 5, 9, 33, 77, 4, 12, 90, 3, 11, 64], "b": [1, 7], "c": [1, 40, 41, 42, 99]}
 NEW_TOKENS = {"a": 6, "b": 9, "c": 4}
-
-
-@functools.cache
-def _reference(path: str) -> torch.nn.Module:
-    return load_reference(path)
-
-
-def hf_greedy(path: str, prompt: list[int], n: int) -> list[int]:
-    model = _reference(path)
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                             min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -51,7 +36,7 @@ def test_last_token_logprobs_match_transformers(checkpoints, arch):
     out = sim.step()
     (lp,) = out.logprobs["a"]
     with torch.no_grad():
-        ref = _reference(str(path))(torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
+        ref = reference_model(str(path))(torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
     top = ref.topk(5)
     assert lp.token_ids[0] == int(ref.argmax()) and lp.sampled_rank == 1
     assert lp.token_ids[1:] == top.indices.tolist()
