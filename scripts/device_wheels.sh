@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .git/info
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
-for pkg in msgspec==0.22.0 pyzmq==27.3.0 aiozmq==1.0.0 safetensors tqdm; do
+for pkg in msgspec==0.22.0 pyzmq==27.3.0 aiozmq==1.0.0 pytest-asyncio==1.5.0; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -108,14 +108,18 @@ def load_weights(model: LlamaForCausalLM, path: str | Path, progress: bool = Tru
 
 
 def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
-    """Random weights of the right shapes (benchmarks): small normal, norms at 1."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """Random weights of the right shapes (benchmarks): small normal, norms at 1.
+
+    Drawn in place on the parameters' device: a multi-GB model never passes
+    through host memory.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
             param.data.fill_(1.0)
         else:
-            value = torch.randn(param.shape, generator=gen) * 0.02
-            param.data.copy_(value.to(param.dtype))
+            param.data.normal_(0.0, 0.02, generator=gen)
 
 
 def load_model(cfg: HFModelConfig, path: str | Path, parallel: ParallelContext,
