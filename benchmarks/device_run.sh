@@ -10,8 +10,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-    --target /tmp/site . || exit 1
+    --upgrade --target /tmp/site . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
+nvidia-smi topo -m 2>&1 | tee -a "$OUT/gpus.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "gpus", torch.cuda.device_count())'
 what="${1:-all}"
 if [ "$what" = all ] || [ "$what" = tests ]; then
@@ -21,4 +22,8 @@ fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
     python3 benchmarks/parallel_throughput.py --out "$OUT/parallel_throughput.json" 2>&1 \
         | tee "$OUT/parallel_throughput.log"
+fi
+if [ "$what" = profile ]; then
+    (cd benchmarks && python3 profile_step.py --out "$OUT/profile_step.json") 2>&1 \
+        | tee "$OUT/profile_step.log"
 fi

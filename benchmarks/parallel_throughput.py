@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import collective_baseline
 from decode_driver import RequestGroup
 
 from actorexec.actors.executor import Executor
@@ -27,6 +28,7 @@ from actorexec.protocol import (
     DeviceConfig,
     ModelConfig,
     ParallelConfig,
+    SchedulerConfig,
 )
 
 # Llama-3-8B shapes with fewer layers: a bf16 decode step is milliseconds on an H200.
@@ -43,13 +45,15 @@ def write_model(directory: Path, layers: int) -> str:
     return str(directory)
 
 
-def make_config(model_dir: str, device: str, tp: int, pp: int, blocks: int) -> Config:
+def make_config(model_dir: str, device: str, tp: int, pp: int, blocks: int,
+                max_tokens: int) -> Config:
     return Config(model=ModelConfig(model=model_dir, load_format="dummy",
                                     dtype="bfloat16" if device == "cuda" else "float32"),
                   cache=CacheConfig(block_size=16, num_blocks_override=blocks,
                                     gpu_memory_utilization=0.85),
                   parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp,
                                           distributed_executor_backend="mp"),
+                  scheduler=SchedulerConfig(max_num_batched_tokens=max_tokens, max_num_seqs=256),
                   device=DeviceConfig(device=device))
 
 
@@ -89,7 +93,8 @@ async def measure(model_dir: str, device: str, tp: int, pp: int, in_flight: int,
         groups.append(RequestGroup(name, n, plen, new, 16, next_block, vocab))
         next_block += groups[-1].num_blocks  # groups own disjoint blocks
     warm = groups.pop()
-    config = make_config(model_dir, device, tp, pp, next_block)
+    # a whole group's prefill is one step
+    config = make_config(model_dir, device, tp, pp, next_block, max(2048, reqs * prompt_len))
     async with await Executor.create(config) as executor:
         await executor.initialize_kv_cache()
         await run_groups(executor, [warm], 4, 1)
@@ -117,6 +122,9 @@ def main() -> None:
     for name, tp, pp, in_flight in runs:
         results[name] = asyncio.run(measure(model_dir, args.device, tp, pp, in_flight, **common))
         print(f"{name}: {results[name]}", flush=True)
+    # Baseline in the same run: what the interconnect alone costs per collective.
+    baseline = collective_baseline.measure(args.device, (args.reqs, MODEL["hidden_size"]))
+    print(f"baseline: {baseline}", flush=True)
     ratios = {
         "pp2_throughput_inflight2_over_inflight1":
             results["pp2_inflight2"]["tokens_per_s"] / results["pp2_inflight1"]["tokens_per_s"],
@@ -124,7 +132,8 @@ def main() -> None:
             results["tp2"]["median_step_ms"] / results["tp1"]["median_step_ms"],
     }
     report = {"device": args.device, "model": {**MODEL, "num_hidden_layers": args.layers},
-              "workload": common, "runs": results, "ratios": ratios}
+              "workload": common, "runs": results, "ratios": ratios,
+              "collective_baseline_us": baseline}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\n{'run':<16}{'tok/s':>12}{'step ms':>10}")
@@ -132,6 +141,8 @@ def main() -> None:
         print(f"{name:<16}{r['tokens_per_s']:>12.1f}{r['median_step_ms']:>10.2f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
+    for k, v in baseline.items():
+        print(f"raw 2-rank {k} of [{args.reqs}, {MODEL['hidden_size']}]: {v:.1f}")
 
 
 if __name__ == "__main__":

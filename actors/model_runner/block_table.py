@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from actorexec.actors.model.layers.attention import bucket_blocks
 from actorexec.protocol.errors import InvalidRequestError
 
 
@@ -27,7 +28,10 @@ class BlockTable:
         if len(rows) > self.table.shape[0] or width > self.max_blocks_per_req:
             raise InvalidRequestError(f"block table of {len(rows)} rows x {width} blocks exceeds "
                                       f"{self.table.shape[0]} x {self.max_blocks_per_req}")
-        host = torch.zeros(len(rows), max(width, 1), dtype=torch.int64)
+        # Width rounded up to a power of two (unused entries point at block 0 and are
+        # masked), so attention sees few distinct shapes.
+        padded = min(bucket_blocks(max(width, 1)), self.max_blocks_per_req)
+        host = torch.zeros(len(rows), padded, dtype=torch.int64)
         for i, r in enumerate(rows):
             host[i, : len(r)] = torch.as_tensor(r, dtype=torch.int64)
         view = self.table[: len(rows), : host.shape[1]]

@@ -12,11 +12,24 @@ varlen / paged decode) slots into ``paged_attention`` with the same metadata.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# cuDNN's SDPA builds an execution graph per new shape (2.7 ms of host time per
+# call on an H200, measured by benchmarks/profile_step.py); a paged step's KV
+# length changes every decode step, so its cache never hits. The memory-efficient
+# kernel takes an arbitrary mask with no per-shape build; math is the fallback.
+_MASKED_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def bucket_blocks(blocks: int) -> int:
+    """Round a block count up to a power of two, so gathered KV shapes repeat across steps."""
+    return 1 << max(0, blocks - 1).bit_length()
 
 
 @dataclass
@@ -52,10 +65,11 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     """q [T, Hq, D] against each request's cached K/V -> [T, Hq, D]."""
     num_reqs = meta.seq_lens.shape[0]
     _, _, block_size, hkv, d = kv_cache.shape
-    blocks = -(-meta.max_seq_len // block_size)
+    blocks = min(bucket_blocks(-(-meta.max_seq_len // block_size)), meta.block_table.shape[1])
+    max_kv = blocks * block_size  # padded slots are masked out below
     table = meta.block_table[:, :blocks]                          # [R, nb]
-    k = kv_cache[0][table].view(num_reqs, blocks * block_size, hkv, d)[:, : meta.max_seq_len]
-    v = kv_cache[1][table].view(num_reqs, blocks * block_size, hkv, d)[:, : meta.max_seq_len]
+    k = kv_cache[0][table].view(num_reqs, max_kv, hkv, d)
+    v = kv_cache[1][table].view(num_reqs, max_kv, hkv, d)
     # Pad queries per request: [R, max_q, Hq, D].
     qp = q.new_zeros(num_reqs, meta.max_query_len, q.shape[1], d)
     qp[meta.token_req, meta.token_q] = q
@@ -63,13 +77,22 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     # Padded query rows see the whole (non-empty) sequence, so no row is fully masked.
     q_pos = (meta.seq_lens - meta.query_lens).unsqueeze(1) + torch.arange(
         meta.max_query_len, device=q.device)                      # [R, max_q]
-    kv_pos = torch.arange(meta.max_seq_len, device=q.device)      # [max_kv]
+    kv_pos = torch.arange(max_kv, device=q.device)                # [max_kv]
     mask = (kv_pos[None, None, :] <= q_pos[:, :, None]) & (
         kv_pos[None, None, :] < meta.seq_lens[:, None, None])     # [R, max_q, max_kv]
-    out = F.scaled_dot_product_attention(
-        qp.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=mask.unsqueeze(1), scale=scale, enable_gqa=True)  # [R, Hq, max_q, D]
-    return out.transpose(1, 2)[meta.token_req, meta.token_q]      # [T, Hq, D]
+    # GQA without copying K/V: each KV head's query group is folded into the query
+    # axis, [R, max_q, Hkv * g, D] -> [R, Hkv, g * max_q, D]; the mask is repeated per
+    # group member. Query head h uses KV head h // g, as in HF.
+    g, max_q = q.shape[1] // hkv, meta.max_query_len
+    qf = qp.view(num_reqs, max_q, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(
+        num_reqs, hkv, g * max_q, d)
+    mf = mask[:, None].expand(num_reqs, g, max_q, max_kv).reshape(num_reqs, 1, g * max_q, max_kv)
+    with sdpa_kernel(_MASKED_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(qf, k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mf, scale=scale)  # [R, Hkv, g*max_q, D]
+    out = out.view(num_reqs, hkv, g, max_q, d).permute(0, 3, 1, 2, 4)    # [R, max_q, Hkv, g, D]
+    out = out.reshape(num_reqs, max_q, hkv * g, d)
+    return out[meta.token_req, meta.token_q]                      # [T, Hq, D]
 
 
 class PagedAttention(nn.Module):

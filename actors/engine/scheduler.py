@@ -1,0 +1,280 @@
+"""FCFS continuous-batching scheduler that emits diff-style ``SchedulerOutput``s.
+
+Each ``schedule()`` call builds one step from the requests that are not in
+flight: running requests first (decode, or the next prefill chunk), then
+waiting ones in arrival order while the token budget, ``max_num_seqs`` and
+free blocks allow. When a running request needs a block and none is free,
+the newest running request that is not in flight is preempted by recompute.
+
+Preemption, as the runner sees it: the victim's id goes into that step's
+``finished_req_ids`` (the runner drops it) and its blocks are freed. Later it
+is sent again as a ``NewRequestData`` with its prompt, the outputs so far in
+``output_token_ids`` and ``num_computed_tokens=0``, so every token is
+recomputed. This uses only the plain new/finished paths of the runner; no
+waiting request is admitted in a step that preempted, so a drop and its
+re-add never share a step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from actorexec.protocol import (
+    CachedRequestData,
+    InvalidRequestError,
+    ModelRunnerOutput,
+    NewRequestData,
+    SamplingParams,
+    SchedulerConfig,
+    SchedulerOutput,
+)
+
+from .block_pool import BlockPool
+from .request import FinishReason, Request, RequestStatus
+
+
+class Scheduler:
+    """Decides, step by step, which requests run how many tokens on which blocks.
+
+    Pure Python and synchronous: the engine calls ``schedule()`` and
+    ``update_from_output()``; nothing here awaits, so it is unit-testable
+    without an executor.
+    """
+
+    def __init__(self, config: SchedulerConfig, num_blocks: int, block_size: int,
+                 max_model_len: int, eos_token_ids: Iterable[int] = ()) -> None:
+        self.config = config
+        self.pool = BlockPool(num_blocks, block_size)
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []       # admission order; the tail is preempted first
+        self._to_drop: list[str] = []          # ids the runner must forget next step
+        self._step_id = 0
+        self._arrivals = 0
+        self.num_preemptions = 0
+
+    # ----------------------------------------------------------------- requests
+    def add_request(self, req_id: str, prompt_token_ids: list[int],
+                    sampling_params: SamplingParams) -> Request:
+        """Queues a request; raises ``InvalidRequestError`` (changing nothing) if it cannot fit."""
+        if req_id in self.requests:
+            raise InvalidRequestError(f"request id {req_id!r} is already running")
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise InvalidRequestError(f"request {req_id!r} has an empty prompt")
+        if n > self.max_model_len:
+            raise InvalidRequestError(
+                f"request {req_id!r}: prompt of {n} tokens is longer than the maximum model "
+                f"length {self.max_model_len}")
+        # The last sampled token is never fed back, so it needs no KV slot.
+        longest = min(n + sampling_params.max_tokens, self.max_model_len + 1) - 1
+        if self.pool.blocks_for(longest) > self.pool.num_blocks:
+            raise InvalidRequestError(
+                f"request {req_id!r} may reach {longest} tokens, more than the whole KV cache "
+                f"holds ({self.pool.num_blocks} blocks of {self.pool.block_size})")
+        if not self.config.enable_chunked_prefill and longest > self.config.max_num_batched_tokens:
+            raise InvalidRequestError(
+                f"request {req_id!r} may reach {longest} tokens but chunked prefill is off and "
+                f"max_num_batched_tokens={self.config.max_num_batched_tokens}")
+        req = Request(req_id, list(prompt_token_ids), sampling_params, arrival=self._arrivals)
+        self._arrivals += 1
+        self.requests[req_id] = req
+        self.waiting.append(req)
+        return req
+
+    def abort_request(self, req_id: str) -> Request | None:
+        """Finishes a request now and frees its blocks (its in-flight output is ignored)."""
+        req = self.requests.get(req_id)
+        if req is None or req.is_finished:
+            return None
+        self._finish(req, FinishReason.ABORT)
+        return req
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ----------------------------------------------------------------- schedule
+    def schedule(self) -> SchedulerOutput | None:
+        """The next step, or ``None`` when nothing can run now (all busy or idle)."""
+        budget = self.config.max_num_batched_tokens
+        scheduled: dict[str, int] = {}
+        order: list[Request] = []
+        preempted = False
+
+        for req in list(self.running):
+            if budget == 0:
+                break
+            if req.in_flight or req.status is not RequestStatus.RUNNING:
+                continue
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if num_new <= 0:
+                continue
+            if not self._reserve_blocks(req, num_new, scheduled):
+                preempted = True
+                continue
+            if req.status is not RequestStatus.RUNNING:   # preempted itself
+                preempted = True
+                continue
+            scheduled[req.req_id] = num_new
+            order.append(req)
+            budget -= num_new
+
+        while self.waiting and not preempted and budget > 0:
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            req = self.waiting[0]
+            num_new = req.num_tokens
+            if num_new > budget:
+                if not self.config.enable_chunked_prefill:
+                    break       # FCFS: nobody overtakes a prompt waiting for budget
+                num_new = budget
+            need = self.pool.blocks_for(num_new)
+            if not self.pool.can_allocate(need):
+                break
+            self.waiting.popleft()
+            req.block_ids = self.pool.allocate(need)
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            scheduled[req.req_id] = num_new
+            order.append(req)
+            budget -= num_new
+
+        if preempted:
+            # Preempted requests rejoin the queue in arrival order, ahead of new ones.
+            self.waiting = deque(sorted(self.waiting, key=lambda r: r.arrival))
+        if not order:
+            return None
+        return self._build_output(order, scheduled)
+
+    def _reserve_blocks(self, req: Request, num_new: int, scheduled: dict[str, int]) -> bool:
+        """Makes ``req`` own blocks for ``num_new`` more tokens, preempting if needed.
+
+        Returns False when ``req`` cannot run this step (it may have been the victim).
+        """
+        need = self.pool.blocks_for(req.num_computed_tokens + num_new) - len(req.block_ids)
+        while not self.pool.can_allocate(need):
+            victim = self._pick_victim(scheduled)
+            if victim is None:
+                return False
+            self._preempt(victim)
+            if victim is req:
+                return False
+        req.block_ids += self.pool.allocate(need)
+        return True
+
+    def _pick_victim(self, scheduled: dict[str, int]) -> Request | None:
+        """The newest running request that is neither in flight nor already in this step."""
+        for req in reversed(self.running):
+            if not req.in_flight and req.req_id not in scheduled:
+                return req
+        return None
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.pool.free(req.block_ids)
+        req.block_ids = []
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self._forget(req)
+        self.waiting.appendleft(req)
+
+    def _forget(self, req: Request) -> None:
+        """Tells the runner (next step) to drop ``req``; it is re-sent in full if it runs again."""
+        if req.known_to_runner:
+            self._to_drop.append(req.req_id)
+            req.known_to_runner = False
+            req.num_sent_tokens = 0
+            req.num_sent_blocks = 0
+
+    def _build_output(self, order: list[Request], scheduled: dict[str, int]) -> SchedulerOutput:
+        new_reqs: list[NewRequestData] = []
+        cached = CachedRequestData()
+        for req in order:
+            if not req.known_to_runner:
+                new_reqs.append(NewRequestData(
+                    req_id=req.req_id, prompt_token_ids=list(req.prompt_token_ids),
+                    sampling_params=req.sampling_params, block_ids=list(req.block_ids),
+                    num_computed_tokens=req.num_computed_tokens,
+                    output_token_ids=list(req.output_token_ids)))
+                req.known_to_runner = True
+            else:
+                cached.req_ids.append(req.req_id)
+                cached.resumed_from_preemption.append(False)
+                cached.new_token_ids.append(req.all_token_ids[req.num_sent_tokens:])
+                cached.new_block_ids.append(req.block_ids[req.num_sent_blocks:])
+                cached.num_computed_tokens.append(req.num_computed_tokens)
+            req.num_sent_tokens = req.num_tokens
+            req.num_sent_blocks = len(req.block_ids)
+            req.num_computed_tokens += scheduled[req.req_id]
+            req.in_flight = True
+        out = SchedulerOutput(
+            step_id=self._step_id, scheduled_new_reqs=new_reqs, scheduled_cached_reqs=cached,
+            num_scheduled_tokens=scheduled, total_num_scheduled_tokens=sum(scheduled.values()),
+            finished_req_ids=self._to_drop)
+        self._to_drop = []
+        self._step_id += 1
+        return out
+
+    # ------------------------------------------------------------------ outputs
+    def update_from_output(self, step: SchedulerOutput,
+                           output: ModelRunnerOutput) -> list[tuple[Request, list[int]]]:
+        """Applies one step's sampled tokens; returns ``(request, new tokens)`` per live request.
+
+        Requests that finish here are released (blocks freed, runner told to
+        drop them next step). Aborted requests' tokens are ignored.
+        """
+        sampled = output.tokens_by_request()
+        updates: list[tuple[Request, list[int]]] = []
+        for req_id in step.num_scheduled_tokens:
+            req = self.requests.get(req_id)
+            if req is None:
+                continue
+            req.in_flight = False
+            if req.is_finished:
+                self.requests.pop(req_id, None)
+                continue
+            new: list[int] = []
+            for token in sampled.get(req_id, ()):
+                req.output_token_ids.append(token)
+                new.append(token)
+                reason = self._stop_reason(req, token)
+                if reason is not None:
+                    self._finish(req, reason)
+                    break
+            updates.append((req, new))
+            if req.is_finished:
+                self.requests.pop(req_id, None)
+        return updates
+
+    def _stop_reason(self, req: Request, token: int) -> FinishReason | None:
+        sp = req.sampling_params
+        n_out = len(req.output_token_ids)
+        if n_out >= sp.min_tokens:
+            if not sp.ignore_eos and token in self.eos_token_ids:
+                return FinishReason.STOP
+            if token in sp.stop_token_ids:
+                return FinishReason.STOP
+        if n_out >= sp.max_tokens or req.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, req: Request, reason: FinishReason) -> None:
+        if req.status is RequestStatus.RUNNING:
+            self.running.remove(req)
+        elif req.status is RequestStatus.WAITING:
+            self.waiting.remove(req)
+        if req.block_ids:
+            # Safe even while in flight: workers run steps in order, so any later
+            # owner of these blocks writes them only after this step's writes.
+            self.pool.free(req.block_ids)
+            req.block_ids = []
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        self._forget(req)
+        if not req.in_flight:
+            self.requests.pop(req.req_id, None)
