@@ -20,7 +20,8 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
         | tee "$OUT/gpu_tests.log"
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-    python3 benchmarks/parallel_throughput.py --out "$OUT/parallel_throughput.json" 2>&1 \
+    python3 benchmarks/parallel_throughput.py --out "$OUT/parallel_throughput.json" \
+        --trace-dir "$OUT/traces" 2>&1 \
         | tee "$OUT/parallel_throughput.log"
 fi
 if [ "$what" = profile ]; then

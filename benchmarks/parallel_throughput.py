@@ -46,8 +46,8 @@ def write_model(directory: Path, layers: int) -> str:
 
 
 def make_config(model_dir: str, device: str, tp: int, pp: int, blocks: int,
-                max_tokens: int) -> Config:
-    return Config(model=ModelConfig(model=model_dir, load_format="dummy",
+                max_tokens: int, trace_dir: str | None = None) -> Config:
+    return Config(profile_dir=trace_dir, model=ModelConfig(model=model_dir, load_format="dummy",
                                     dtype="bfloat16" if device == "cuda" else "float32"),
                   cache=CacheConfig(block_size=16, num_blocks_override=blocks,
                                     gpu_memory_utilization=0.85),
@@ -58,48 +58,73 @@ def make_config(model_dir: str, device: str, tp: int, pp: int, blocks: int,
 
 
 async def run_groups(executor: Executor, groups: list[RequestGroup], steps: int,
-                     in_flight: int) -> dict[str, float]:
-    """Prefill every group, then ``steps`` decode steps per group, ``in_flight`` groups at once.
+                     in_flight: int, prefill: bool = True) -> dict[str, float]:
+    """Prefill every group, then ``steps`` decode steps per group, ``in_flight`` at once.
 
-    Returns decode tokens/s and the median time per decode step of one group.
+    As an engine does: groups are split into ``in_flight`` chains; each chain
+    sends its next step as soon as its previous output returns, so the
+    pipeline never drains (a batch is never in two steps at once). Returns
+    decode tokens/s and the median latency of one step.
     """
-    for g in groups:
+    for g in groups if prefill else ():
         g.absorb(await executor.execute_model(g.prefill()))
     step_times: list[float] = []
-    tokens = 0
+    tokens = [0]
+
+    async def chain(chain_groups: list[RequestGroup]) -> None:
+        for _ in range(steps):
+            for g in chain_groups:
+                t0 = time.perf_counter()
+                tokens[0] += g.absorb(await executor.execute_model(g.decode()))
+                step_times.append(time.perf_counter() - t0)
+
     start = time.perf_counter()
-    for _ in range(steps):
-        for i in range(0, len(groups), in_flight):
-            wave = groups[i:i + in_flight]
-            t0 = time.perf_counter()
-            # every step of the wave is sent before the first is awaited
-            futures = [executor.execute_model(g.decode()) for g in wave]
-            for g, fut in zip(wave, futures, strict=True):
-                tokens += g.absorb(await fut)
-            step_times.append((time.perf_counter() - t0) / len(wave))
+    await asyncio.gather(*(chain(groups[i::in_flight]) for i in range(in_flight)))
     elapsed = time.perf_counter() - start
-    return {"tokens_per_s": tokens / elapsed, "median_step_ms": statistics.median(step_times) * 1e3,
-            "elapsed_s": elapsed, "tokens": tokens}
+    return {"tokens_per_s": tokens[0] / elapsed,
+            "median_step_ms": statistics.median(step_times) * 1e3,
+            "elapsed_s": elapsed, "tokens": tokens[0]}
 
 
 async def measure(model_dir: str, device: str, tp: int, pp: int, in_flight: int, reqs: int,
-                  prompt_len: int, steps: int) -> dict[str, float]:
+                  prompt_len: int, steps: int, trace_dir: str | None = None) -> dict[str, float]:
     vocab = MODEL["vocab_size"]
     groups: list[RequestGroup] = []
     next_block = 0
-    for name, n, plen, new in (("g0", reqs, prompt_len, steps + 2), ("g1", reqs, prompt_len,
-                                                                      steps + 2),
+    for name, n, plen, new in (("g0", reqs, prompt_len, steps + 8), ("g1", reqs, prompt_len,
+                                                                      steps + 8),
                                ("warm", 4, 16, 8)):
         groups.append(RequestGroup(name, n, plen, new, 16, next_block, vocab))
         next_block += groups[-1].num_blocks  # groups own disjoint blocks
     warm = groups.pop()
     # a whole group's prefill is one step
-    config = make_config(model_dir, device, tp, pp, next_block, max(2048, reqs * prompt_len))
+    config = make_config(model_dir, device, tp, pp, next_block, max(2048, reqs * prompt_len),
+                         trace_dir)
     async with await Executor.create(config) as executor:
         await executor.initialize_kv_cache()
         await run_groups(executor, [warm], 4, 1)
+        await executor.get_step_timeline()  # drop warm-up records
         result = await run_groups(executor, groups, steps, in_flight)
-    return {"tp": tp, "pp": pp, "in_flight": in_flight, **result}
+        timelines = await executor.get_step_timeline()
+        if trace_dir:  # a few more steps under the torch profiler, one trace per rank
+            await executor.start_profile()
+            await run_groups(executor, groups, 4, in_flight, prefill=False)
+            await executor.stop_profile()
+    return {"tp": tp, "pp": pp, "in_flight": in_flight, **result,
+            **stage_summary(timelines, tp)}
+
+
+def stage_summary(timelines: list, tp: int) -> dict[str, list[float]]:
+    """Per pipeline stage (its TP rank 0): mean ms a decode step keeps the rank busy,
+    and utilisation (busy time over the span of those steps). Means, not medians:
+    alternating short and long steps would hide behind a median."""
+    busy, util = [], []
+    for rank_steps in timelines[::tp]:
+        decode = rank_steps[len(rank_steps) // 4:]  # skip the prefills at the start
+        total = sum(t.end - t.start for t in decode)
+        busy.append(total / len(decode) * 1e3)
+        util.append(total / (decode[-1].end - decode[0].start))
+    return {"stage_busy_ms": busy, "stage_utilisation": util}
 
 
 def main() -> None:
@@ -110,6 +135,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/parallel_throughput.json")
+    parser.add_argument("--trace-dir", default=None,
+                        help="write torch-profiler traces of the PP=2, 2-in-flight run here")
     args = parser.parse_args()
     if args.device == "cpu":  # a smoke-sized model for CPU ranks
         MODEL.update(hidden_size=256, intermediate_size=512, num_attention_heads=8,
@@ -118,27 +145,35 @@ def main() -> None:
     common = dict(reqs=args.reqs, prompt_len=args.prompt_len, steps=args.steps)
     runs = [("pp2_inflight1", 1, 2, 1), ("pp2_inflight2", 1, 2, 2),
             ("tp1", 1, 1, 1), ("tp2", 2, 1, 1)]
+    # Each configuration twice, interleaved: the spread between the two is the noise.
+    runs = [(f"{name}{suffix}", *rest) for suffix in ("", "_again") for name, *rest in runs]
     results = {}
     for name, tp, pp, in_flight in runs:
-        results[name] = asyncio.run(measure(model_dir, args.device, tp, pp, in_flight, **common))
+        trace = args.trace_dir if name == "pp2_inflight2" else None
+        results[name] = asyncio.run(measure(model_dir, args.device, tp, pp, in_flight,
+                                            trace_dir=trace, **common))
         print(f"{name}: {results[name]}", flush=True)
     # Baseline in the same run: what the interconnect alone costs per collective.
     baseline = collective_baseline.measure(args.device, (args.reqs, MODEL["hidden_size"]))
     print(f"baseline: {baseline}", flush=True)
-    ratios = {
-        "pp2_throughput_inflight2_over_inflight1":
-            results["pp2_inflight2"]["tokens_per_s"] / results["pp2_inflight1"]["tokens_per_s"],
-        "tp2_step_time_over_tp1":
-            results["tp2"]["median_step_ms"] / results["tp1"]["median_step_ms"],
-    }
+    ratios = {}
+    for suffix in ("", "_again"):
+        r = {k.removesuffix(suffix): v for k, v in results.items() if k.endswith(suffix)}
+        ratios[f"pp2_throughput_inflight2_over_inflight1{suffix}"] = (
+            r["pp2_inflight2"]["tokens_per_s"] / r["pp2_inflight1"]["tokens_per_s"])
+        ratios[f"tp2_step_time_over_tp1{suffix}"] = (
+            r["tp2"]["median_step_ms"] / r["tp1"]["median_step_ms"])
     report = {"device": args.device, "model": {**MODEL, "num_hidden_layers": args.layers},
               "workload": common, "runs": results, "ratios": ratios,
               "collective_baseline_us": baseline}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"\n{'run':<16}{'tok/s':>12}{'step ms':>10}")
+    print(f"\n{'run':<16}{'tok/s':>12}{'step ms':>10}  per stage: mean busy ms / utilisation")
     for name, r in results.items():
-        print(f"{name:<16}{r['tokens_per_s']:>12.1f}{r['median_step_ms']:>10.2f}")
+        stages = " ".join(f"{b:.1f}/{u:.0%}"
+                          for b, u in zip(r["stage_busy_ms"], r["stage_utilisation"],
+                                          strict=True))
+        print(f"{name:<16}{r['tokens_per_s']:>12.1f}{r['median_step_ms']:>10.2f}  {stages}")
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     for k, v in baseline.items():
