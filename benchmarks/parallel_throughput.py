@@ -75,7 +75,10 @@ async def run_groups(executor: Executor, groups: list[RequestGroup], steps: int,
         for _ in range(steps):
             for g in chain_groups:
                 t0 = time.perf_counter()
-                tokens[0] += g.absorb(await executor.execute_model(g.decode()))
+                out = await executor.execute_model(g.decode())
+                # Not `tokens[0] += g.absorb(await ...)`: that reads tokens[0] before the
+                # await, so concurrent chains would lose each other's increments.
+                tokens[0] += g.absorb(out)
                 step_times.append(time.perf_counter() - t0)
 
     start = time.perf_counter()
@@ -111,7 +114,8 @@ async def measure(model_dir: str, device: str, tp: int, pp: int, in_flight: int,
             await run_groups(executor, groups, 4, in_flight, prefill=False)
             await executor.stop_profile()
     return {"tp": tp, "pp": pp, "in_flight": in_flight, **result,
-            **stage_summary(timelines, tp)}
+            **stage_summary(timelines, tp),
+            "timeline": [[(t.step_id, t.start, t.end) for t in r] for r in timelines[::tp]]}
 
 
 def stage_summary(timelines: list, tp: int) -> dict[str, list[float]]:
@@ -135,6 +139,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/parallel_throughput.json")
+    parser.add_argument("--only", default=None, help="run only configurations with this prefix")
     parser.add_argument("--trace-dir", default=None,
                         help="write torch-profiler traces of the PP=2, 2-in-flight run here")
     args = parser.parse_args()
@@ -147,17 +152,21 @@ def main() -> None:
             ("tp1", 1, 1, 1), ("tp2", 2, 1, 1)]
     # Each configuration twice, interleaved: the spread between the two is the noise.
     runs = [(f"{name}{suffix}", *rest) for suffix in ("", "_again") for name, *rest in runs]
+    runs = [r for r in runs if args.only is None or r[0].startswith(args.only)]
     results = {}
     for name, tp, pp, in_flight in runs:
         trace = args.trace_dir if name == "pp2_inflight2" else None
         results[name] = asyncio.run(measure(model_dir, args.device, tp, pp, in_flight,
                                             trace_dir=trace, **common))
-        print(f"{name}: {results[name]}", flush=True)
+        print(f"{name}: { {k: v for k, v in results[name].items() if k != 'timeline'} }",
+              flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"runs": results}, indent=1))
     # Baseline in the same run: what the interconnect alone costs per collective.
     baseline = collective_baseline.measure(args.device, (args.reqs, MODEL["hidden_size"]))
     print(f"baseline: {baseline}", flush=True)
     ratios = {}
-    for suffix in ("", "_again"):
+    for suffix in ("", "_again") if args.only is None else ():
         r = {k.removesuffix(suffix): v for k, v in results.items() if k.endswith(suffix)}
         ratios[f"pp2_throughput_inflight2_over_inflight1{suffix}"] = (
             r["pp2_inflight2"]["tokens_per_s"] / r["pp2_inflight1"]["tokens_per_s"])

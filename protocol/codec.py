@@ -10,6 +10,7 @@ torch is imported lazily, only when a tensor is actually encoded or decoded.
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import sys
 import typing
@@ -31,6 +32,16 @@ class TensorRef(msgspec.Struct, array_like=True, gc=False):
     frame: int
     dtype: str
     shape: list[int]
+
+
+def _byte_view(flat: Any) -> memoryview:
+    """A zero-copy memoryview of a contiguous uint8 CPU tensor (no numpy needed).
+
+    The view keeps the tensor alive through the ctypes array it is built on.
+    """
+    array = (ctypes.c_ubyte * flat.numel()).from_address(flat.data_ptr())
+    array._owner = flat  # type: ignore[attr-defined]
+    return memoryview(array).cast("B")
 
 
 def _is_tensor(obj: object) -> bool:
@@ -59,7 +70,7 @@ class PayloadEncoder:
 
             tensor = obj.detach().to("cpu").contiguous()
             flat = tensor.reshape(-1).view(torch.uint8)  # any dtype, bfloat16 included
-            self._buffers.append(memoryview(flat.numpy()))
+            self._buffers.append(_byte_view(flat))
             dtype = str(tensor.dtype).removeprefix("torch.")
             return TensorRef(frame=len(self._buffers) - 1, dtype=dtype, shape=list(tensor.shape))
         raise TypeError(f"cannot encode {type(obj).__qualname__} on the wire (no pickle)")
