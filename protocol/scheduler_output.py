@@ -47,6 +47,15 @@ class CachedRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
     def num_reqs(self) -> int:
         return len(self.req_ids)
 
+    def add(self, req_id: str, new_token_ids: list[int], new_block_ids: list[int],
+            num_computed_tokens: int, resumed_from_preemption: bool = False) -> None:
+        """Appends one request's diff to every parallel list at once, so they stay aligned."""
+        self.req_ids.append(req_id)
+        self.resumed_from_preemption.append(resumed_from_preemption)
+        self.new_token_ids.append(new_token_ids)
+        self.new_block_ids.append(new_block_ids)
+        self.num_computed_tokens.append(num_computed_tokens)
+
 
 class SchedulerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """One step: which requests run how many tokens, and the state diff.

@@ -203,11 +203,8 @@ class Scheduler:
                     output_token_ids=list(req.output_token_ids)))
                 req.known_to_runner = True
             else:
-                cached.req_ids.append(req.req_id)
-                cached.resumed_from_preemption.append(False)
-                cached.new_token_ids.append(req.all_token_ids[req.num_sent_tokens:])
-                cached.new_block_ids.append(req.block_ids[req.num_sent_blocks:])
-                cached.num_computed_tokens.append(req.num_computed_tokens)
+                cached.add(req.req_id, req.all_token_ids[req.num_sent_tokens:],
+                           req.block_ids[req.num_sent_blocks:], req.num_computed_tokens)
             req.num_sent_tokens = req.num_tokens
             req.num_sent_blocks = len(req.block_ids)
             req.num_computed_tokens += scheduled[req.req_id]

@@ -47,7 +47,9 @@ class EchoWorker(Worker):
 
     @expose
     def history(self) -> list[Any]:
-        return list(self.log)
+        # Through the work thread, so it is answered after every step queued before it
+        # (execute_model runs there; answering inline could overtake a silent rank's steps).
+        return self.offload(lambda: list(self.log))
 
     @expose
     def whoami(self) -> list[int]:

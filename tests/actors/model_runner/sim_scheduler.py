@@ -108,11 +108,7 @@ class SimScheduler:
                                           output_token_ids=list(req.output)))
                 req.sent = True
             else:
-                cached.req_ids.append(req.req_id)
-                cached.resumed_from_preemption.append(False)
-                cached.new_token_ids.append(req.unsent)
-                cached.new_block_ids.append(fresh)
-                cached.num_computed_tokens.append(req.num_computed)
+                cached.add(req.req_id, req.unsent, fresh, req.num_computed)
             req.unsent = []
         so = SchedulerOutput(step_id=self.step_id, scheduled_new_reqs=new,
                              scheduled_cached_reqs=cached, num_scheduled_tokens=counts,

@@ -113,10 +113,15 @@ async def test_killing_any_rank_mid_step_fails_in_flight_steps_within_a_second(c
         killed_at = time.monotonic()
         os.kill(pids[victim], signal.SIGKILL)
         results = await asyncio.gather(*pending, return_exceptions=True)
-        failed_within = time.monotonic() - killed_at
-        assert all(isinstance(r, ActorDiedError | ExecutorFailedError) for r in results), results
-        assert failed_within < 1.0
-        assert any(str(pids[victim]) in str(r) for r in results), results
+        resolved_within = time.monotonic() - killed_at
+        # Every in-flight step resolves within a second. A step that had already
+        # passed the victim (its stage-0 work done before the kill) may still finish;
+        # every other one fails naming the dead rank's pid.
+        assert resolved_within < 1.0
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert failures, results
+        assert all(isinstance(r, ActorDiedError | ExecutorFailedError) for r in failures), results
+        assert any(str(pids[victim]) in str(r) for r in failures), results
         with pytest.raises(ExecutorFailedError):
             executor.execute_model(sims[0].schedule())
     deadline = time.monotonic() + 5
