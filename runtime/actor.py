@@ -82,6 +82,11 @@ class Actor:
         return getattr(self, "_stop_requested", False)
 
     @expose
+    def ping(self) -> None:
+        """A no-op answered in mailbox order: its reply confirms every call before it."""
+        return None
+
+    @expose
     def shutdown(self) -> None:
         """Stop serving once this call's reply has left (subclasses add their clean-up)."""
         self.request_stop()
@@ -106,7 +111,7 @@ class Actor:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-Actor.rpc_methods = frozenset({"shutdown"})
+Actor.rpc_methods = frozenset({"ping", "shutdown"})
 
 
 async def maybe_await(value: Any) -> Any:

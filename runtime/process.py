@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from actorexec.protocol.codec import EnvelopeCodec, PayloadDecoder
+from actorexec.protocol.codec import EnvelopeCodec, MethodSpec, PayloadDecoder
 from actorexec.protocol.envelopes import Call, Failure, Ready, Result
 from actorexec.protocol.errors import ActorClosedError, ActorDiedError, ProtocolError
 
@@ -47,6 +47,16 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+# Silent calls outstanding before the ref asks for a confirming reply.
+SILENT_FLUSH_AT = 64
+
+
+def _ping() -> None:  # the wire signature of Actor.ping
+    ...
+
+
+_PING = PreparedCall("ping", MethodSpec(_ping, "ping"))
+
 class ProcessRef(ActorRef):
     """A ref to an actor in a child process, over a DEALER socket. Why: one owner of the
     process, its socket and its pending calls, so a death fails exactly those calls."""
@@ -63,6 +73,7 @@ class ProcessRef(ActorRef):
         self._pending: dict[int, tuple[asyncio.Future[Any], PayloadDecoder]] = {}
         # reply_on_success=False calls: resolved by any later reply (replies are ordered).
         self._silent: OrderedDict[int, asyncio.Future[Any]] = OrderedDict()
+        self._flushing = False
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.exited = asyncio.Event()
         self.dead: ActorDiedError | None = None
@@ -93,7 +104,29 @@ class ProcessRef(ActorRef):
             arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
         else:
             self._silent[call.call_id] = fut
+            if len(self._silent) >= SILENT_FLUSH_AT and not self._flushing:
+                self._confirm_silent()
         return fut
+
+    @property
+    def num_unconfirmed(self) -> int:
+        """reply_on_success=False calls not yet known to have finished."""
+        return len(self._silent)
+
+    def _confirm_silent(self) -> None:
+        """Ask for one ordered reply (a ``ping``): it confirms every silent call before it.
+
+        Without this a rank that only ever gets silent calls (a non-output rank in
+        a stream of steps) would keep one future per step for ever.
+        """
+        self._flushing = True
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._flushing = False
+            if not fut.cancelled():
+                fut.exception()  # retrieved: a death fails the silent calls themselves
+
+        self.submit(_PING).add_done_callback(done)
 
     async def _recv_loop(self) -> None:
         while True:

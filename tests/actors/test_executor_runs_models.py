@@ -67,3 +67,23 @@ async def test_a_bad_step_raises_typed_and_the_next_step_is_still_correct(checkp
         assert not executor.is_failed
         got = await fresh_sim(256).run_async(executor.execute_model, ARRIVALS)
         assert got == expected_tokens(path)
+
+
+@pytest.mark.timeout(180)
+async def test_profile_sleep_and_wake_up_leave_the_model_serving_the_same_tokens(checkpoints,
+                                                                                 tmp_path):
+    path = str(checkpoints["llama"])
+    traces = tmp_path / "traces"
+    config = model_config(path, "mp").replace(profile_dir=str(traces))
+    async with await Executor.create(config) as executor:
+        await executor.initialize_kv_cache()
+        await executor.check_health()
+        await executor.execute_dummy_batch()
+        await executor.start_profile()
+        before = await fresh_sim(256).run_async(executor.execute_model, ARRIVALS)
+        await executor.stop_profile()
+        assert len(list(traces.glob("trace_rank0_*.json"))) == 1
+        await executor.sleep(2)  # drops the KV cache and the weights
+        await executor.wake_up()  # reloads both
+        after = await fresh_sim(256).run_async(executor.execute_model, ARRIVALS)
+    assert before == after == expected_tokens(path)

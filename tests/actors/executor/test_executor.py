@@ -22,6 +22,7 @@ from actorexec.protocol import (
     RemoteError,
     SchedulerOutput,
 )
+from actorexec.runtime.process import SILENT_FLUSH_AT
 
 from .workers import record_pid
 
@@ -212,3 +213,23 @@ async def test_a_rank_failing_after_the_reply_rank_answered_fails_the_executor()
         assert ex.is_failed and fired == [1]
         with pytest.raises(ExecutorFailedError, match="no longer agree"):
             await ex.collective_rpc("echo", (1,))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("zmq_backend", ["aiozmq", "pyzmq"])
+async def test_a_long_stream_of_steps_to_two_ranks_neither_stalls_nor_accumulates(zmq_backend):
+    # 4,000 steps, 50 in flight. Rank 1 replies to execute_model only on failure, so
+    # its ref confirms them with pings instead of keeping a future per step. This load
+    # once stalled the aiozmq transport (a direct send consumed the socket FD's edge).
+    rounds, per_round = 80, 50
+    async with await Executor.create(make_config("mp", tp=2, zmq_backend=zmq_backend)) as ex:
+        most = 0
+        for start in range(0, rounds * per_round, per_round):
+            steps = [ex.execute_model(step(i)) for i in range(start, start + per_round)]
+            await asyncio.wait_for(asyncio.gather(*steps), 20)
+            most = max(most, ex.refs[1].num_unconfirmed)
+        # Bounded by rank 1's backlog (a few rounds), not by the 4,000 steps sent.
+        assert most < SILENT_FLUSH_AT + 4 * per_round
+        history = await ex.collective_rpc("history", unique_reply_rank=1)
+        assert ex.refs[1].num_unconfirmed == 0  # rank 1's ordered reply confirmed them all
+    assert [tuple(x) for x in history[2:]] == [("step", i) for i in range(rounds * per_round)]
