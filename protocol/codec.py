@@ -11,6 +11,7 @@ torch is imported lazily, only when a tensor is actually encoded or decoded.
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import sys
 import typing
@@ -174,8 +175,12 @@ def build_method_specs(cls: type, names: Sequence[str]) -> dict[str, MethodSpec]
     return {name: MethodSpec(getattr(cls, name), name) for name in names}
 
 
+@functools.cache
 def generic_spec() -> MethodSpec:
-    """A spec for calls by function path (trusted opt-in): untyped args and result."""
+    """A spec for calls by function path (trusted opt-in): untyped args and result.
+
+    Built once and shared: callers on a per-call path get the same instance.
+    """
 
     def call(args: list[Any], kwargs: dict[str, Any]) -> Any:  # pragma: no cover - signature only
         ...
