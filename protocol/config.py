@@ -48,7 +48,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     load_format: str = "auto"
     max_model_len: int | None = None
     seed: int = 0
-    enforce_eager: bool = True
+    enforce_eager: bool = False  # True: no CUDA graphs (decode replays captured graphs on CUDA)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from actorexec.actors.model.hf_config import HFModelConfig
 from actorexec.actors.model.layers.attention import AttentionMetadata, PagedAttention
 from actorexec.actors.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from actorexec.actors.model.layers.fused_ops import silu_and_mul
 from actorexec.actors.model.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
@@ -72,8 +72,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(i, cfg.hidden_size, False, parallel, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I / tp] each
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))  # [T, 2I/tp] -> [T, I/tp]
 
 
 class LlamaDecoderLayer(nn.Module):

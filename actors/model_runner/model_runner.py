@@ -2,24 +2,38 @@
 
 Called by the Worker, blocking. One ``execute_model`` call: validate the
 SchedulerOutput against the state (raising before any change), apply the
-diff, build inputs, run this rank's pipeline stage (receiving / sending the
-intermediates over the PP group), and on the last stage compute logits for
-each request's last scheduled token only and sample on the output rank.
+diff (host records plus the device rows of ``RequestRows``), build inputs on
+the device, run this rank's pipeline stage — a CUDA graph replay for decode
+steps that fit a captured size, else eagerly — and on the output rank sample
+and queue the sampled ids' copy to the host.
+
+On CUDA everything runs on the runner's own compute stream; inputs come from
+pinned buffers over a copy stream and sampled ids leave over a side stream,
+ordered by events. ``execute_model_async`` returns as soon as the step is
+queued (a ``PendingOutput``), so the caller can prepare the next step while
+the GPU works; ``execute_model`` waits for the values.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
-import torch.distributed as dist
 
 from actorexec.actors.model.hf_config import read_hf_config
 from actorexec.actors.model.layers.attention import AttentionMetadata
 from actorexec.actors.model.llama import IntermediateTensors, LlamaForCausalLM
 from actorexec.actors.model.loader import load_model, resolve_dtype
 from actorexec.actors.model.parallel import ParallelContext
+from actorexec.actors.model_runner.cuda_graphs import DecodeGraphs, default_buckets
+from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
+from actorexec.actors.model_runner.pipeline import StageLink
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.sampler import Sampler, SamplingMetadata
+from actorexec.actors.model_runner.step_output import PendingOutput, copy_to_host
 from actorexec.actors.model_runner.validation import RunnerLimits, validate_scheduler_output
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError
@@ -27,7 +41,11 @@ from actorexec.protocol.kv_cache import KVCacheConfig, KVCacheSpec
 from actorexec.protocol.outputs import ModelRunnerOutput, TokenLogprobs
 from actorexec.protocol.scheduler_output import SchedulerOutput
 
+logger = logging.getLogger("actorexec.model_runner")
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+# Memory kept back for the decode graphs' pool when sizing the KV cache (their
+# activations and logits; the measured figure is logged after capture).
+GRAPH_MEMORY_RESERVE = 1 << 30
 
 
 class ModelRunner:
@@ -49,13 +67,33 @@ class ModelRunner:
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.kv_cache_config: KVCacheConfig | None = None
         self.requests: dict[str, CachedRequestState] = {}
-        self.buffers = InputBuffers(self.max_num_tokens, self.max_num_reqs,
-                                    -(-self.max_model_len // self.block_size), self.block_size,
-                                    device)
+        self.rows = RequestRows(self.max_num_reqs, self.max_model_len,
+                                -(-self.max_model_len // self.block_size), device)
+        self.buffers = InputBuffers(self.max_num_tokens, self.max_num_reqs, self.rows,
+                                    self.block_size, device)
         gen = torch.Generator(device=device).manual_seed(config.model.seed)
         self.sampler = Sampler(gen)
-        # PP sends in flight: (work, tensors kept alive until the peer has them).
-        self._inflight_sends: list[tuple[dist.Work, tuple[torch.Tensor, ...]]] = []
+        self.link = StageLink(parallel, self.hf_config.hidden_size, self.dtype, device)
+        cuda = device.type == "cuda"
+        # The runner's own streams (DESIGN: compute; host->device copies; device->host).
+        self.compute_stream = torch.cuda.Stream(device) if cuda else None
+        self.copy_stream = torch.cuda.Stream(device) if cuda else None
+        self.d2h_stream = torch.cuda.Stream(device) if cuda else None
+        self.graphs: DecodeGraphs | None = None
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        """Decode graphs: CUDA, not enforce_eager, one rank (TP/PP graphs: not yet)."""
+        return (self.device.type == "cuda" and not self.config.model.enforce_eager
+                and self.parallel.world_size == 1)
+
+    @contextlib.contextmanager
+    def _on_compute_stream(self) -> Iterator[None]:
+        if self.compute_stream is None:
+            yield
+        else:
+            with torch.cuda.stream(self.compute_stream):
+                yield
 
     # ---- set-up -------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -63,6 +101,8 @@ class ModelRunner:
         self.model = load_model(self.hf_config, self.config.model.model, self.parallel,
                                 self.dtype, self.device, self.config.model.load_format,
                                 self.config.model.seed)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # weights written on the default stream
 
     def _model(self) -> LlamaForCausalLM:
         if self.model is None:
@@ -77,7 +117,8 @@ class ModelRunner:
 
     def determine_available_memory(self) -> int:
         """Bytes this rank may spend on KV: a fixed budget on the CPU; on CUDA,
-        ``gpu_memory_utilization`` of the device minus the peak of a max-size batch."""
+        ``gpu_memory_utilization`` of the device minus the peak of a max-size batch
+        and what the decode graphs will hold."""
         if self.device.type != "cuda":
             return self.config.cache.cpu_kv_cache_bytes
         torch.cuda.empty_cache()
@@ -88,7 +129,9 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info(self.device)
         # Memory held outside torch's allocator (other processes, NCCL) also counts.
         non_torch = total - free - torch.cuda.memory_reserved(self.device)
-        return max(0, int(self.config.cache.gpu_memory_utilization * total) - peak - non_torch)
+        graphs = GRAPH_MEMORY_RESERVE if self.use_cuda_graphs else 0
+        return max(0, int(self.config.cache.gpu_memory_utilization * total) - peak - non_torch
+                   - graphs)
 
     def initialize_kv_cache(self, kv_cache_config: KVCacheConfig) -> None:
         """Allocates ``[2, num_blocks, block_size, kv_heads, head_dim]`` per layer and binds it."""
@@ -105,10 +148,36 @@ class ModelRunner:
                 self.kv_caches[name] = cache
                 layers[name].kv_cache = cache
         self.kv_cache_config = kv_cache_config
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def compile_or_warm_up_model(self) -> None:
-        """Eager only for now: one dummy batch to touch every kernel (CUDA graphs: later)."""
+        """One dummy batch through every stage, then (CUDA) the decode graphs."""
         self.execute_dummy_batch()
+        if self.use_cuda_graphs:
+            self.capture_decode_graphs()
+
+    def capture_decode_graphs(self, sizes: list[int] | None = None) -> None:
+        assert self.compute_stream is not None
+        sizes = sizes or [b for b in default_buckets(self.max_num_reqs)
+                          if b <= self.max_num_tokens]
+        graphs = DecodeGraphs(self._graph_forward, self.device)
+        with torch.inference_mode():
+            graphs.capture(sizes, self.buffers.pad_only, self.compute_stream)
+        self.graphs = graphs
+
+    def _graph_forward(self, size: int) -> torch.Tensor:
+        """The captured body: decode over the first ``size`` static rows -> logits [size, V]."""
+        b = self.buffers
+        meta = AttentionMetadata(
+            slot_mapping=b.slot_mapping[:size], block_table=b.block_table[:size],
+            seq_lens=b.seq_lens[:size], query_lens=b.query_lens[:size],
+            token_req=b.token_req[:size], token_q=b.token_q[:size], max_query_len=1,
+            max_seq_len=self.max_model_len, query_start_loc=b.query_start_loc[: size + 1],
+            is_decode=True)
+        hidden = self._model()(b.input_ids[:size], b.positions[:size], meta)
+        assert isinstance(hidden, torch.Tensor)
+        return self._model().compute_logits(hidden)
 
     # ---- steps --------------------------------------------------------------------------
     def _limits(self) -> RunnerLimits:
@@ -120,90 +189,103 @@ class ModelRunner:
                             max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens)
 
     def _apply_diff(self, so: SchedulerOutput) -> None:
+        """Host records and queued device-row writes (flushed before the forward)."""
+        rows, vocab = self.rows, self.hf_config.vocab_size
         for req_id in so.finished_req_ids:
-            self.requests.pop(req_id, None)
+            if self.requests.pop(req_id, None) is not None:
+                rows.remove(req_id)
         for new in so.scheduled_new_reqs:
-            self.requests[new.req_id] = CachedRequestState.from_new(new, self.device)
+            state = CachedRequestState.from_new(new, self.device)
+            self.requests[new.req_id] = state
+            row = rows.add(new.req_id, new.sampling_params, vocab)
+            rows.write_tokens(row, 0, state.prompt_token_ids + state.output_token_ids)
+            rows.write_blocks(row, 0, state.block_ids)
         c = so.scheduled_cached_reqs
         for i, req_id in enumerate(c.req_ids):
-            state = self.requests[req_id]
+            state, row = self.requests[req_id], rows.row_of[req_id]
+            rows.write_tokens(row, state.num_tokens, c.new_token_ids[i])
             state.output_token_ids.extend(c.new_token_ids[i])
             if c.resumed_from_preemption[i]:
                 state.block_ids = list(c.new_block_ids[i])
+                rows.write_blocks(row, 0, state.block_ids)
             else:
+                rows.write_blocks(row, len(state.block_ids), c.new_block_ids[i])
                 state.block_ids.extend(c.new_block_ids[i])
             state.num_computed_tokens = c.num_computed_tokens[i]
 
-    @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
         """One step; returns the output on the output rank, None on the others."""
+        pending = self.execute_model_async(scheduler_output)
+        return None if pending is None else pending.result()
+
+    @torch.inference_mode()
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput | None:
+        """Queues one step on the device; the output rank gets a PendingOutput back."""
         so = scheduler_output
         validate_scheduler_output(so, self.requests, self._limits())
-        self._apply_diff(so)
-        order = [n.req_id for n in so.scheduled_new_reqs] + list(so.scheduled_cached_reqs.req_ids)
-        if not order:
-            return ModelRunnerOutput(step_id=so.step_id) if self.parallel.is_output_rank else None
-        inputs = self.buffers.prepare(order, self.requests, so.num_scheduled_tokens)
-        hidden = self._forward(inputs.input_ids, inputs.positions, inputs.meta)
-        if hidden is None:
-            return None
-        logits = self._model().compute_logits(hidden[inputs.logits_indices])  # [R, V]
-        if not self.parallel.is_output_rank:
-            return None
-        return self._sample(so.step_id, inputs, logits)
+        with self._on_compute_stream():
+            self._apply_diff(so)
+            self.rows.flush(self.copy_stream)
+            order = ([n.req_id for n in so.scheduled_new_reqs]
+                     + list(so.scheduled_cached_reqs.req_ids))
+            if not order:
+                return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
+                        if self.parallel.is_output_rank else None)
+            states = [self.requests[r] for r in order]
+            counts = [so.num_scheduled_tokens[r] for r in order]
+            decode = sum(counts) == len(order)
+            bucket = (self.graphs.bucket_for(len(order))
+                      if decode and self.graphs is not None else None)
+            inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
+                                          [s.num_tokens for s in states], self.copy_stream,
+                                          pad_to=bucket)
+            if bucket is not None:
+                assert self.graphs is not None
+                logits = self.graphs.replay(bucket)[: len(order)]       # [R, V]
+            else:
+                hidden = self._forward(inputs)
+                if hidden is None:
+                    return None
+                logits = self._model().compute_logits(hidden[inputs.logits_indices])  # [R, V]
+            if not self.parallel.is_output_rank:
+                return None
+            return self._sample(so.step_id, inputs, logits)
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                 meta: AttentionMetadata) -> torch.Tensor | None:
-        """This stage's layers; PP intermediates go point-to-point. None off the last stage."""
+    def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
+        """This stage's layers, eagerly; PP intermediates go point-to-point. None off the
+        last stage."""
         p, model = self.parallel, self._model()
-        intermediate = None
-        if not p.is_first_stage:
-            shape = (input_ids.shape[0], self.hf_config.hidden_size)
-            hidden = torch.empty(shape, dtype=self.dtype, device=self.device)
-            residual = torch.empty_like(hidden)
-            for work in (dist.irecv(hidden, p.prev_rank, group=p.pp_group),
-                         dist.irecv(residual, p.prev_rank, group=p.pp_group)):
-                work.wait()
-            intermediate = IntermediateTensors(hidden, residual)
-        out = model(input_ids if p.is_first_stage else None, positions, meta, intermediate)
+        intermediate = None if p.is_first_stage else self.link.recv(inputs.num_tokens)
+        out = model(inputs.input_ids if p.is_first_stage else None, inputs.positions,
+                    inputs.meta, intermediate)
         if isinstance(out, IntermediateTensors):
-            self._send_intermediate(out)
+            self.link.send(out)
             return None
         return out
 
-    # A stage never waits on its successor: sends complete in the background while this
-    # stage takes the next batch. Bounded, so a stalled successor cannot make a stage
-    # queue unbounded activations (one [tokens, hidden] pair per batch in flight).
-    _MAX_INFLIGHT_SENDS = 8
-
-    def _send_intermediate(self, out: IntermediateTensors) -> None:
-        p = self.parallel
-        self._inflight_sends = [(w, t) for w, t in self._inflight_sends if not w.is_completed()]
-        while len(self._inflight_sends) >= self._MAX_INFLIGHT_SENDS:
-            work, _ = self._inflight_sends.pop(0)
-            work.wait()
-        tensors = (out.hidden.contiguous(), out.residual.contiguous())
-        # Ordered per pair of ranks, so the next stage's irecvs match these sends.
-        for tensor in tensors:
-            work = dist.isend(tensor, p.next_rank, group=p.pp_group)
-            assert work is not None
-            self._inflight_sends.append((work, tensors))
-
-    def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor
-                ) -> ModelRunnerOutput:
+    def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor) -> PendingOutput:
         rows = [i for i, s in enumerate(inputs.samples) if s]
+        states = [self.requests[inputs.req_ids[i]] for i in rows]
+        params = [s.sampling_params for s in states]
+        if all(p.greedy and p.logprobs is None and p.min_tokens == 0
+               and p.repetition_penalty == 1.0 and not p.presence_penalty
+               and not p.frequency_penalty for p in params):
+            # The common fast path: no host sync; ids travel on the side stream.
+            tokens = logits.argmax(-1)                                     # [R]
+            host, event = copy_to_host(tokens, self.d2h_stream)
+            return PendingOutput(step_id, inputs.req_ids, rows, host, event)
         sampled: list[list[int]] = [[] for _ in inputs.req_ids]
         logprobs: dict[str, list[TokenLogprobs]] = {}
         if rows:
-            states = [self.requests[inputs.req_ids[i]] for i in rows]
             md = SamplingMetadata.from_states(states, self.hf_config.vocab_size, self.device)
-            tokens, lps = self.sampler(logits[rows], md)
+            tokens_list, lps = self.sampler(logits[rows], md)
             for j, i in enumerate(rows):
-                sampled[i] = [tokens[j]]
+                sampled[i] = [tokens_list[j]]
                 if lps[j] is not None:
                     logprobs[inputs.req_ids[i]] = lps[j]
-        return ModelRunnerOutput(step_id=step_id, req_ids=inputs.req_ids,
-                                 sampled_token_ids=sampled, logprobs=logprobs)
+        return PendingOutput.ready(ModelRunnerOutput(
+            step_id=step_id, req_ids=inputs.req_ids, sampled_token_ids=sampled,
+            logprobs=logprobs))
 
     @torch.inference_mode()
     def _run_dummy(self, num_tokens: int) -> None:
@@ -215,9 +297,16 @@ class ModelRunner:
             slot_mapping=ids, block_table=zeros.view(1, 1), seq_lens=zeros + num_tokens,
             query_lens=zeros + num_tokens, token_req=ids, token_q=pos, max_query_len=num_tokens,
             max_seq_len=num_tokens, use_cache=False)
-        hidden = self._forward(ids, pos, meta)
-        if hidden is not None:
-            self._model().compute_logits(hidden[-1:])
+        p, model = self.parallel, self._model()
+        with self._on_compute_stream():
+            intermediate = None if p.is_first_stage else self.link.recv(num_tokens)
+            out = model(ids if p.is_first_stage else None, pos, meta, intermediate)
+            if isinstance(out, IntermediateTensors):
+                self.link.send(out)
+            else:
+                model.compute_logits(out[-1:])
+        if self.compute_stream is not None:
+            self.compute_stream.synchronize()
 
     def execute_dummy_batch(self) -> None:
         """One token through every stage, touching no request state or KV slot."""
@@ -227,10 +316,14 @@ class ModelRunner:
     def sleep(self, level: int) -> None:
         """Level 1: drop the KV cache (contents lost; weights to CPU on CUDA).
         Level 2: drop the weights too; ``wake_up`` reloads them from the checkpoint."""
+        if self.graphs is not None:  # they point at the dropped cache and weights
+            self.graphs.clear()
+            self.graphs = None
         for attn in self._model().attention_layers().values():
             attn.kv_cache = None
         self.kv_caches = {}
         self.requests.clear()  # their KV contents are gone
+        self.rows.clear()
         if level >= 2:
             self.model = None
         elif self.device.type == "cuda":
@@ -248,3 +341,6 @@ class ModelRunner:
                 self.model.to(self.device)
         if "kv_cache" in tags and self.kv_cache_config is not None and not self.kv_caches:
             self.initialize_kv_cache(self.kv_cache_config)
+        if self.model is not None and self.kv_caches and self.use_cuda_graphs \
+                and self.graphs is None:
+            self.capture_decode_graphs()

@@ -49,6 +49,8 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     use_cache: bool = True
+    query_start_loc: torch.Tensor | None = None  # [num_reqs + 1] int64
+    is_decode: bool = False                      # host-known: every request runs one token
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

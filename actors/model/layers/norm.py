@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from actorexec.actors.model.layers.fused_ops import rms_norm
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 as HF does, so low-precision runs match."""
@@ -14,15 +16,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(size, dtype=dtype), requires_grad=False)
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Without residual: norm(x). With: (norm(x + residual), x + residual)."""
-        if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+        """Without residual: norm(x). With: (norm(x + residual), x + residual).
+
+        One fused kernel on the GPU (fused_ops.rms_norm), HF's exact steps elsewhere.
+        """
+        return rms_norm(x, self.weight, self.eps, residual)

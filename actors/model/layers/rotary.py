@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from actorexec.actors.model.layers.fused_ops import rope_
+
 
 def _inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -53,11 +55,5 @@ class RotaryEmbedding(nn.Module):
         if self.cos_sin is None or self.cos_sin.device != q.device:
             self.init_buffers(q.device)
         assert self.cos_sin is not None
-        cos, sin = self.cos_sin[positions].unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2] each
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return out.to(x.dtype)
+        # In place on the GPU (one kernel each for q and k); new tensors on the CPU.
+        return rope_(q, k, self.cos_sin, positions)

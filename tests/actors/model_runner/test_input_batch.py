@@ -1,34 +1,33 @@
-"""Input preparation and block tables: positions, slots and last-token indices of a mixed step."""
+"""Input preparation from the persistent device rows: ids, positions, slots, tables, padding."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from actorexec.actors.model_runner.block_table import BlockTable
+from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers
-from actorexec.actors.model_runner.request_state import CachedRequestState
-from actorexec.protocol import InvalidRequestError, SamplingParams
+from actorexec.protocol import SamplingParams
 
 CPU = torch.device("cpu")
 
 
-def _state(req_id: str, prompt: list[int], blocks: list[int], computed: int,
-           output: list[int] | None = None) -> CachedRequestState:
-    s = CachedRequestState.from_new_params(req_id, SamplingParams(), prompt, output)
-    s.block_ids, s.num_computed_tokens = blocks, computed
-    return s
+def _rows_with(requests: dict[str, tuple[list[int], list[int]]]) -> RequestRows:
+    rows = RequestRows(max_reqs=4, max_model_len=16, max_blocks=4, device=CPU)
+    for req_id, (tokens, blocks) in requests.items():
+        row = rows.add(req_id, SamplingParams(), vocab_size=100)
+        rows.write_tokens(row, 0, tokens)
+        rows.write_blocks(row, 0, blocks)
+    rows.flush(None)
+    return rows
 
 
 def test_mixed_prefill_chunk_and_decode_flatten_correctly():
-    states = {
-        "p": _state("p", [10, 11, 12], [7], 0),                      # full prefill
-        "c": _state("c", [20, 21, 22, 23, 24, 25], [2, 5], 2),       # chunk [2, 5) of 6
-        "d": _state("d", [30, 31], [9], 2, output=[32]),             # decode 1 token
-    }
-    bufs = InputBuffers(max_num_tokens=16, max_num_reqs=4, max_blocks_per_req=4,
-                        block_size=4, device=CPU)
-    inp = bufs.prepare(["p", "c", "d"], states, {"p": 3, "c": 3, "d": 1})
+    rows = _rows_with({"p": ([10, 11, 12], [7]), "c": ([20, 21, 22, 23, 24, 25], [2, 5]),
+                       "d": ([30, 31, 32], [9])})
+    bufs = InputBuffers(max_num_tokens=16, max_num_reqs=4, rows=rows, block_size=4, device=CPU)
+    # p: full prefill; c: chunk [2, 5) of 6; d: decode its 3rd token.
+    inp = bufs.prepare(["p", "c", "d"], starts=[0, 2, 2], counts=[3, 3, 1],
+                       num_tokens_after=[3, 6, 3])
     assert inp.input_ids.tolist() == [10, 11, 12, 22, 23, 24, 32]
     assert inp.positions.tolist() == [0, 1, 2, 2, 3, 4, 2]
     # slot = block * 4 + pos % 4; "c" position 4 is in its second block (5).
@@ -36,19 +35,28 @@ def test_mixed_prefill_chunk_and_decode_flatten_correctly():
     assert inp.logits_indices.tolist() == [2, 5, 6]
     assert inp.samples == [True, False, True]
     assert inp.meta.seq_lens.tolist() == [3, 5, 3]
-    assert inp.meta.block_table.tolist() == [[7, 0], [2, 5], [9, 0]]
+    assert inp.meta.block_table[:, :2].tolist() == [[7, 0], [2, 5], [9, 0]]
     assert (inp.meta.max_query_len, inp.meta.max_seq_len) == (3, 5)
+    assert not inp.is_decode
 
 
-def test_block_table_refuses_rows_wider_than_its_buffer():
-    table = BlockTable(max_num_reqs=2, max_blocks_per_req=2, block_size=4, device=CPU)
-    assert table.fill([[1], [3, 4]]).tolist() == [[1, 0], [3, 4]]
-    with pytest.raises(InvalidRequestError):
-        table.fill([[1, 2, 3]])
+def test_decode_step_padded_for_a_graph_marks_padding_rows():
+    rows = _rows_with({"a": ([1, 2, 3], [0]), "b": ([4, 5], [3])})
+    bufs = InputBuffers(max_num_tokens=8, max_num_reqs=4, rows=rows, block_size=4, device=CPU)
+    inp = bufs.prepare(["b", "a"], starts=[1, 2], counts=[1, 1], num_tokens_after=[2, 3],
+                       pad_to=4)
+    assert inp.is_decode and inp.num_tokens == 2
+    assert inp.input_ids.tolist() == [5, 3, 0, 0]
+    assert inp.meta.slot_mapping.tolist() == [13, 2, -1, -1]   # -1: not written
+    assert inp.meta.seq_lens.tolist() == [2, 3, 0, 0]          # 0: attends to nothing
+    assert inp.rows.tolist() == [rows.row_of["b"], rows.row_of["a"]]
 
 
-def test_slot_mapping_follows_each_requests_table():
-    table = BlockTable(max_num_reqs=2, max_blocks_per_req=3, block_size=2, device=CPU)
-    rows = table.fill([[4, 1, 6], [0]])
-    slots = table.slot_mapping(rows, torch.tensor([0, 0, 0, 1]), torch.tensor([1, 2, 5, 1]))
-    assert slots.tolist() == [9, 2, 13, 1]
+def test_rows_are_reused_after_a_request_leaves():
+    rows = _rows_with({"a": ([1], [0])})
+    first = rows.row_of["a"]
+    rows.remove("a")
+    assert rows.add("b", SamplingParams(top_k=3, temperature=0.5), vocab_size=100) == first
+    rows.flush(None)
+    assert rows.top_k[first].item() == 3
+    assert rows.float_params[0, first].item() == 0.5

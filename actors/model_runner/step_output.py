@@ -1,0 +1,81 @@
+"""A step's output on its way device -> host: sampled ids copied on a side stream.
+
+The runner queues the copy into pinned memory and returns at once with a
+``PendingOutput``; whoever needs the values (the worker's reply path) waits
+on the copy's event — off the work thread, so the next step is already being
+prepared while this one's tokens travel. On the CPU the output is ready at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from actorexec.protocol.outputs import ModelRunnerOutput, TokenLogprobs
+
+
+class PendingOutput:
+    """``ModelRunnerOutput`` whose token ids may still be in a device->host copy.
+
+    ``host_tokens``: pinned ``[num_reqs]`` int64 (one token per scheduled request)
+    filled by the copy that ``event`` follows; only the requests in
+    ``sample_rows`` (those not in the middle of a prefill) report theirs.
+    ``result`` turns the host values into the output (Python lists); ``wait``
+    blocks (releasing the GIL) until the copy is done.
+    """
+
+    def __init__(self, step_id: int, req_ids: list[str], sample_rows: list[int],
+                 host_tokens: torch.Tensor | None, event: torch.cuda.Event | None,
+                 logprobs: Callable[[], dict[str, list[TokenLogprobs]]] | None = None) -> None:
+        self.step_id, self.req_ids, self.sample_rows = step_id, req_ids, sample_rows
+        self.host_tokens, self.event, self._logprobs = host_tokens, event, logprobs
+        self._result: ModelRunnerOutput | None = None
+
+    @classmethod
+    def ready(cls, output: ModelRunnerOutput) -> PendingOutput:
+        pending = cls(output.step_id, output.req_ids, [], None, None)
+        pending._result = output
+        return pending
+
+    def done(self) -> bool:
+        return self._result is not None or self.event is None or self.event.query()
+
+    def wait(self) -> None:
+        if self._result is None and self.event is not None:
+            self.event.synchronize()
+
+    def result(self) -> ModelRunnerOutput:
+        """The output (waits for the copy if it is still running)."""
+        if self._result is None:
+            self.wait()
+            sampled: list[list[int]] = [[] for _ in self.req_ids]
+            if self.host_tokens is not None:
+                values = self.host_tokens.tolist()
+                for row in self.sample_rows:
+                    sampled[row] = [values[row]]
+            self._result = ModelRunnerOutput(
+                step_id=self.step_id, req_ids=self.req_ids, sampled_token_ids=sampled,
+                logprobs=self._logprobs() if self._logprobs is not None else {})
+        return self._result
+
+
+def copy_to_host(tensor: torch.Tensor, side_stream: torch.cuda.Stream | None
+                 ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Queues ``tensor`` -> pinned host memory on ``side_stream``; returns (host, done event).
+
+    The side stream waits for the compute stream's work so far (the tensor's
+    producer), so the compute stream is free to take the next step.
+    """
+    if not tensor.is_cuda:
+        return tensor, None
+    assert side_stream is not None
+    compute = torch.cuda.current_stream(tensor.device)
+    side_stream.wait_stream(compute)
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    with torch.cuda.stream(side_stream):
+        host.copy_(tensor, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(side_stream)
+    tensor.record_stream(side_stream)
+    return host, event
