@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One device call (see benchmarks/README.md): install what the GPU machine lacks,
-# run the GPU tests, then the benchmarks; logs and JSON go to $OUT.
-# Carry .whl (made by scripts/device_wheels.sh) with the call.
+# then run the named parts; logs and JSON go to $OUT. Carry .whl (made by
+# scripts/device_wheels.sh) with the call.
+#   parts: tests (every gpu-marked test), decode (decode_latency.py),
+#          parallel (parallel_throughput.py), profile (profile_step.py),
+#          kernels (attention_kernels.py); default: tests decode
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
@@ -12,19 +15,27 @@ export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
     --upgrade --target /tmp/site . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
-nvidia-smi topo -m 2>&1 | tee -a "$OUT/gpus.txt"
-python3 -c 'import torch; print("torch", torch.__version__, "gpus", torch.cuda.device_count())'
-what="${1:-all}"
-if [ "$what" = all ] || [ "$what" = tests ]; then
-    python3 -m pytest -q -p no:cacheprovider -m gpu tests/actors/test_gpu.py 2>&1 \
-        | tee "$OUT/gpu_tests.log"
-fi
-if [ "$what" = all ] || [ "$what" = bench ]; then
-    python3 benchmarks/parallel_throughput.py --out "$OUT/parallel_throughput.json" \
-        --trace-dir "$OUT/traces" 2>&1 \
-        | tee "$OUT/parallel_throughput.log"
-fi
-if [ "$what" = profile ]; then
-    (cd benchmarks && python3 profile_step.py --out "$OUT/profile_step.json") 2>&1 \
-        | tee "$OUT/profile_step.log"
-fi
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "gpus", torch.cuda.device_count())'
+parts="${*:-tests decode}"
+for part in $parts; do
+    case "$part" in
+    tests)
+        timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -x -rs tests/ 2>&1 \
+            | tee "$OUT/gpu_tests.log" | tail -40 ;;
+    tests-*)
+        timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -rs -k "${part#tests-}" \
+            tests/ 2>&1 | tee "$OUT/gpu_tests.log" | tail -60 ;;
+    decode)
+        (cd benchmarks && timeout 1200 python3 decode_latency.py \
+            --out "$OUT/decode_latency.json" ${DECODE_ARGS:-}) 2>&1 | tee "$OUT/decode_latency.log" ;;
+    kernels)
+        (cd benchmarks && timeout 600 python3 attention_kernels.py \
+            --out "$OUT/attention_kernels.json") 2>&1 | tee "$OUT/attention_kernels.log" ;;
+    parallel)
+        (cd benchmarks && python3 parallel_throughput.py --out "$OUT/parallel_throughput.json") \
+            2>&1 | tee "$OUT/parallel_throughput.log" ;;
+    profile)
+        (cd benchmarks && python3 profile_step.py --out "$OUT/profile_step.json") 2>&1 \
+            | tee "$OUT/profile_step.log" ;;
+    esac
+done

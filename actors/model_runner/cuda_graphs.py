@@ -46,6 +46,7 @@ class DecodeGraphs:
         self.pool: object | None = None
         self.capture_seconds = 0.0
         self.memory_bytes = 0
+        self.replays = 0
 
     def capture(self, sizes: Sequence[int], prepare: Callable[[int], None],
                 stream: torch.cuda.Stream, progress: Callable[[int, int], None] | None = None
@@ -81,6 +82,7 @@ class DecodeGraphs:
     def replay(self, size: int) -> torch.Tensor:
         graph, out = self.graphs[size]
         graph.replay()
+        self.replays += 1
         return out
 
     def clear(self) -> None:
