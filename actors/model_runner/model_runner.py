@@ -20,7 +20,12 @@ from actorexec.actors.model.parallel import ParallelContext
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.sampler import Sampler, SamplingMetadata
-from actorexec.actors.model_runner.validation import RunnerLimits, validate_scheduler_output
+from actorexec.actors.model_runner.step_reader import (
+    RunnerLimits,
+    StepPlan,
+    apply_step,
+    read_step,
+)
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError
 from actorexec.protocol.kv_cache import KVCacheConfig, KVCacheSpec
@@ -119,28 +124,16 @@ class ModelRunner:
                             block_size=self.block_size, max_model_len=self.max_model_len,
                             max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens)
 
-    def _apply_diff(self, so: SchedulerOutput) -> None:
-        for req_id in so.finished_req_ids:
-            self.requests.pop(req_id, None)
-        for new in so.scheduled_new_reqs:
-            self.requests[new.req_id] = CachedRequestState.from_new(new, self.device)
-        c = so.scheduled_cached_reqs
-        for i, req_id in enumerate(c.req_ids):
-            state = self.requests[req_id]
-            state.output_token_ids.extend(c.new_token_ids[i])
-            if c.resumed_from_preemption[i]:
-                state.block_ids = list(c.new_block_ids[i])
-            else:
-                state.block_ids.extend(c.new_block_ids[i])
-            state.num_computed_tokens = c.num_computed_tokens[i]
+    def _apply_diff(self, plan: StepPlan) -> None:
+        apply_step(plan, self.requests, self.device)
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
         """One step; returns the output on the output rank, None on the others."""
         so = scheduler_output
-        validate_scheduler_output(so, self.requests, self._limits())
-        self._apply_diff(so)
-        order = [n.req_id for n in so.scheduled_new_reqs] + list(so.scheduled_cached_reqs.req_ids)
+        plan = read_step(so, self.requests, self._limits())  # raises before any change
+        self._apply_diff(plan)
+        order = plan.req_ids
         if not order:
             return ModelRunnerOutput(step_id=so.step_id) if self.parallel.is_output_rank else None
         inputs = self.buffers.prepare(order, self.requests, so.num_scheduled_tokens)

@@ -36,8 +36,9 @@ class Target:
 def a_scheduler_output() -> SchedulerOutput:
     req = NewRequestData(req_id="r0", prompt_token_ids=[1, 2, 3],
                          sampling_params=SamplingParams(temperature=0.0, seed=7), block_ids=[4])
-    return SchedulerOutput(step_id=9, scheduled_new_reqs=[req], num_scheduled_tokens={"r0": 3},
-                           total_num_scheduled_tokens=3)
+    so = SchedulerOutput(step_id=9)
+    so.add_new(req, num_scheduled_tokens=3)
+    return so
 
 
 @pytest.mark.parametrize("envelope", [Call(1, "add", 12.5), Call(2, "x", None, False),
