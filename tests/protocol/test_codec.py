@@ -7,23 +7,22 @@ import pytest
 import torch
 
 from actorexec.protocol import (
-    Call,
-    EnvelopeCodec,
-    Failure,
     KVCacheSpec,
     ModelRunnerOutput,
     NewRequestData,
-    PayloadDecoder,
-    PayloadEncoder,
     ProtocolError,
-    Ready,
-    Result,
     SamplingParams,
     SchedulerOutput,
     TokenLogprobs,
-    build_method_specs,
-    make_kv_cache_configs,
 )
+from actorexec.protocol.codec import (
+    EnvelopeCodec,
+    PayloadDecoder,
+    PayloadEncoder,
+    build_method_specs,
+)
+from actorexec.protocol.envelopes import Call, Failure, Ready, Result
+from actorexec.protocol.kv_cache import make_kv_cache_configs
 
 
 class Target:

@@ -20,8 +20,8 @@ from actorexec.protocol import (
     SamplingParams,
     SchedulerConfig,
     SchedulerOutput,
-    make_kv_cache_configs,
 )
+from actorexec.protocol.kv_cache import make_kv_cache_configs
 
 GREEDY = SamplingParams(temperature=0.0)
 
