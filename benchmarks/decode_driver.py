@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass, field
 
 from actorexec.protocol import (
-    CachedRequestData,
     ModelRunnerOutput,
     NewRequestData,
     SamplingParams,
@@ -54,27 +53,22 @@ class RequestGroup:
         return sum(len(b) for b in self.blocks.values())
 
     def prefill(self) -> SchedulerOutput:
-        new = [NewRequestData(req_id=rid, prompt_token_ids=list(toks), sampling_params=GREEDY,
-                              block_ids=self.blocks[rid]) for rid, toks in self.tokens.items()]
-        counts = {rid: len(toks) for rid, toks in self.tokens.items()}
-        for rid, n in counts.items():
-            self.computed[rid] = n
-        return SchedulerOutput(step_id=next(_step_ids), scheduled_new_reqs=new,
-                               num_scheduled_tokens=counts,
-                               total_num_scheduled_tokens=sum(counts.values()))
+        so = SchedulerOutput(step_id=next(_step_ids))
+        for rid, toks in self.tokens.items():
+            so.add_new(NewRequestData(req_id=rid, prompt_token_ids=list(toks),
+                                      sampling_params=GREEDY, block_ids=self.blocks[rid]),
+                       len(toks))
+            self.computed[rid] = len(toks)
+        return so
 
     def decode(self) -> SchedulerOutput:
         """One decode step: each request runs the token it sampled last step."""
-        rids = list(self.tokens)
-        cached = CachedRequestData(
-            req_ids=rids, resumed_from_preemption=[False] * len(rids),
-            new_token_ids=[self.pending[r] for r in rids], new_block_ids=[[] for _ in rids],
-            num_computed_tokens=[self.computed[r] - 1 for r in rids])
-        for r in rids:
-            self.pending[r] = []
-        return SchedulerOutput(step_id=next(_step_ids), scheduled_cached_reqs=cached,
-                               num_scheduled_tokens=dict.fromkeys(rids, 1),
-                               total_num_scheduled_tokens=len(rids))
+        so = SchedulerOutput(step_id=next(_step_ids))
+        for rid in self.tokens:
+            so.add_cached(rid, num_computed_tokens=self.computed[rid] - 1,
+                          num_scheduled_tokens=1, new_token_ids=self.pending[rid])
+            self.pending[rid] = []
+        return so
 
     def absorb(self, out: ModelRunnerOutput) -> int:
         """Record sampled tokens; returns how many were sampled."""

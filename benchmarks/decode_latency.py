@@ -25,7 +25,6 @@ import torch
 from actorexec.actors.executor import Executor
 from actorexec.protocol import (
     CacheConfig,
-    CachedRequestData,
     Config,
     DeviceConfig,
     ModelConfig,
@@ -73,11 +72,9 @@ class Driver:
         self.executor, self.budget, self.step_id, self.vocab = executor, budget, 0, vocab
         self.next_block = 0
 
-    def _so(self, **kw: object) -> SchedulerOutput:
+    def _so(self) -> SchedulerOutput:
         self.step_id += 1
-        counts = kw["num_scheduled_tokens"]
-        return SchedulerOutput(step_id=self.step_id, total_num_scheduled_tokens=sum(
-            counts.values()), **kw)  # type: ignore[arg-type]
+        return SchedulerOutput(step_id=self.step_id)
 
     async def run(self, batch: int, context: int, steps: int) -> list[float]:
         ids = [f"b{batch}c{context}r{i}" for i in range(batch)]
@@ -88,34 +85,30 @@ class Driver:
         last: dict[str, int] = {}
         per_step = max(1, self.budget // context)
         for s in range(0, batch, per_step):  # chunked by whole prompts
-            group = ids[s: s + per_step]
-            out = await self.executor.execute_model(self._so(
-                scheduled_new_reqs=[NewRequestData(req_id=r, prompt_token_ids=prompt[r],
-                                                   sampling_params=GREEDY, block_ids=blocks[r])
-                                    for r in group],
-                num_scheduled_tokens=dict.fromkeys(group, context)))
+            so = self._so()
+            for r in ids[s: s + per_step]:
+                so.add_new(NewRequestData(req_id=r, prompt_token_ids=prompt[r],
+                                          sampling_params=GREEDY, block_ids=blocks[r]), context)
+            out = await self.executor.execute_model(so)
             last.update({r: t[0] for r, t in zip(out.req_ids, out.sampled_token_ids,
                                                  strict=True)})
         computed = dict.fromkeys(ids, context)
         times = []
         for _ in range(steps):
-            cached = CachedRequestData()
+            so = self._so()
             for r in ids:
-                cached.add(r, [last[r]], [], computed[r])
+                so.add_cached(r, num_computed_tokens=computed[r], num_scheduled_tokens=1,
+                              new_token_ids=[last[r]])
             t0 = time.perf_counter()
-            out = await self.executor.execute_model(self._so(
-                scheduled_cached_reqs=cached, num_scheduled_tokens=dict.fromkeys(ids, 1)))
+            out = await self.executor.execute_model(so)
             times.append(time.perf_counter() - t0)
             for r, t in zip(out.req_ids, out.sampled_token_ids, strict=True):
                 last[r] = t[0]
                 computed[r] += 1
-        await self.executor.execute_model(SchedulerOutput(step_id=self._bump(),
-                                                          finished_req_ids=ids))
+        done = self._so()
+        done.finished_req_ids = ids
+        await self.executor.execute_model(done)
         return times
-
-    def _bump(self) -> int:
-        self.step_id += 1
-        return self.step_id
 
 
 def make_config(model_dir: str, backend: str, eager: bool, blocks: int, budget: int,

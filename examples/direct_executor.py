@@ -17,7 +17,6 @@ from actorexec.actors.engine import ensure_default_model
 from actorexec.actors.executor import Executor
 from actorexec.protocol import (
     CacheConfig,
-    CachedRequestData,
     Config,
     ModelConfig,
     NewRequestData,
@@ -38,29 +37,25 @@ async def main(model: str, backend: str, steps: int) -> None:
         blocks = [0, 1]                              # 8 slots: enough for 6 tokens + 2 more
 
         # Step 0, prefill: the request in full; all 6 prompt tokens run.
-        out = await executor.execute_model(SchedulerOutput(
-            step_id=0,
-            scheduled_new_reqs=[NewRequestData(
-                req_id="r0", prompt_token_ids=prompt, block_ids=blocks,
-                sampling_params=SamplingParams(temperature=0.0, max_tokens=steps))],
-            num_scheduled_tokens={"r0": len(prompt)}, total_num_scheduled_tokens=len(prompt)))
+        step = SchedulerOutput(step_id=0)
+        greedy = SamplingParams(temperature=0.0, max_tokens=steps)
+        step.add_new(NewRequestData(req_id="r0", prompt_token_ids=prompt, block_ids=blocks,
+                                    sampling_params=greedy), num_scheduled_tokens=len(prompt))
+        out = await executor.execute_model(step)
         tokens = out.sampled_token_ids[0]
         print(f"step 0 (prefill {len(prompt)} tokens) -> {tokens}")
 
         # Decode steps: one token each, sending back the token sampled last step.
-        for step in range(1, steps):
+        for step_id in range(1, steps):
             num_computed = len(prompt) + len(tokens) - 1
             new_blocks = [len(blocks)] if num_computed == len(blocks) * kv.block_size else []
             blocks += new_blocks
-            out = await executor.execute_model(SchedulerOutput(
-                step_id=step,
-                scheduled_cached_reqs=CachedRequestData(
-                    req_ids=["r0"], resumed_from_preemption=[False],
-                    new_token_ids=[tokens[-1:]], new_block_ids=[new_blocks],
-                    num_computed_tokens=[num_computed]),
-                num_scheduled_tokens={"r0": 1}, total_num_scheduled_tokens=1))
+            step = SchedulerOutput(step_id=step_id)
+            step.add_cached("r0", num_computed_tokens=num_computed, num_scheduled_tokens=1,
+                            new_token_ids=tokens[-1:], new_block_ids=new_blocks)
+            out = await executor.execute_model(step)
             tokens += out.sampled_token_ids[0]
-            print(f"step {step} (decode, blocks {blocks}) -> {out.sampled_token_ids[0]}")
+            print(f"step {step_id} (decode, blocks {blocks}) -> {out.sampled_token_ids[0]}")
 
         # Tell the runner to forget r0 (an empty step that only carries finished ids).
         await executor.execute_model(SchedulerOutput(step_id=steps, finished_req_ids=["r0"]))

@@ -2,10 +2,14 @@
 
 Encoders and decoders are built once (per channel, per method) and reused.
 Decoding is strict: a frame that is malformed, has an unknown tag, an unknown
-field or a wrong type raises :class:`ProtocolError`, and nothing runs.
-Tensors never go through msgpack: each becomes a ``TensorRef`` (frame index,
-dtype, shape) in the payload and its bytes travel as a frame of their own.
-torch is imported lazily, only when a tensor is actually encoded or decoded.
+field (at any depth: every wire Struct forbids them), an extra array element,
+a wrong type or a value out of range raises :class:`ProtocolError`, and
+nothing runs. Tensors never go through msgpack: each becomes a ``TensorRef``
+(frame index, dtype, shape) in the payload and its bytes travel as a frame of
+their own; a reference to a missing frame, a dtype off the list, a negative
+dimension, a byte length that does not match the shape, or a frame that no
+reference uses is a ``ProtocolError`` too. torch is imported lazily, only
+when a tensor is actually encoded or decoded.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import inspect
+import math
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -27,7 +32,13 @@ Frame = bytes | bytearray | memoryview
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError, IndexError)
 
 
-class TensorRef(msgspec.Struct, array_like=True, gc=False):
+# The dtypes a tensor may cross the wire as (torch names); the encoder refuses others.
+WIRE_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16",
+                         "int8", "uint8", "bool"})
+_MAX_NDIM = 64
+
+
+class TensorRef(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
     """Where a tensor's bytes are: ``frame`` indexes the buffers after the payload."""
 
     frame: int
@@ -69,10 +80,13 @@ class PayloadEncoder:
         if _is_tensor(obj) and self._buffers is not None:
             import torch
 
+            dtype = str(obj.dtype).removeprefix("torch.")
+            if dtype not in WIRE_DTYPES:
+                raise TypeError(f"tensors of dtype {dtype} do not cross the wire "
+                                f"(allowed: {sorted(WIRE_DTYPES)})")
             tensor = obj.detach().to("cpu").contiguous()
             flat = tensor.reshape(-1).view(torch.uint8)  # any dtype, bfloat16 included
             self._buffers.append(_byte_view(flat))
-            dtype = str(tensor.dtype).removeprefix("torch.")
             return TensorRef(frame=len(self._buffers) - 1, dtype=dtype, shape=list(tensor.shape))
         raise TypeError(f"cannot encode {type(obj).__qualname__} on the wire (no pickle)")
 
@@ -84,30 +98,51 @@ class PayloadDecoder:
         self.type = type_
         self._decoder = msgspec.msgpack.Decoder(type_, dec_hook=self._dec_hook)
         self._buffers: Sequence[Frame] = ()
+        self._used: set[int] = set()
 
     def decode(self, frames: Sequence[Frame]) -> Any:
         if not frames:
             raise ProtocolError("message has no payload frame")
-        self._buffers = frames[1:]
+        self._buffers, self._used = frames[1:], set()
         try:
-            return self._decoder.decode(frames[0])
+            value = self._decoder.decode(frames[0])
+            if len(self._used) != len(self._buffers):
+                raise ProtocolError(f"{len(self._buffers) - len(self._used)} tensor frame(s) "
+                                    "that the payload does not reference")
+            return value
         except _DECODE_ERRORS as exc:
             raise ProtocolError(f"bad payload for {_type_name(self.type)}: {exc}") from exc
         finally:
-            self._buffers = ()
+            self._buffers, self._used = (), set()
 
     def _dec_hook(self, type_: Any, obj: Any) -> Any:
         if getattr(type_, "__module__", "") == "torch" and type_.__name__ == "Tensor":
-            import torch
-
-            ref = msgspec.convert(obj, TensorRef)
-            dtype = getattr(torch, ref.dtype, None)
-            if not isinstance(dtype, torch.dtype):
-                raise ProtocolError(f"unknown tensor dtype {ref.dtype!r}")
-            # bytearray copy: zmq frames are read-only and the tensor must own its memory.
-            raw = torch.frombuffer(bytearray(self._buffers[ref.frame]), dtype=torch.uint8)
-            return raw.view(dtype).reshape(ref.shape)
+            return self._tensor(msgspec.convert(obj, TensorRef))
         raise TypeError(f"unsupported type {type_!r}")
+
+    def _tensor(self, ref: TensorRef) -> Any:
+        """The tensor ``ref`` describes, after checking it against its frame."""
+        import torch
+
+        if not 0 <= ref.frame < len(self._buffers) or ref.frame in self._used:
+            raise ProtocolError(f"tensor frame index {ref.frame} is not one of the "
+                                f"{len(self._buffers)} frames, or is used twice")
+        if ref.dtype not in WIRE_DTYPES:
+            raise ProtocolError(f"tensor dtype {ref.dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+        if len(ref.shape) > _MAX_NDIM or any(d < 0 for d in ref.shape):
+            raise ProtocolError(f"bad tensor shape {ref.shape[:8]}")
+        dtype = getattr(torch, ref.dtype)
+        buffer = memoryview(self._buffers[ref.frame])
+        if buffer.nbytes != math.prod(ref.shape) * dtype.itemsize:
+            raise ProtocolError(f"tensor frame {ref.frame} holds {buffer.nbytes} bytes, but a "
+                                f"{ref.dtype} tensor of shape {ref.shape} needs "
+                                f"{math.prod(ref.shape) * dtype.itemsize}")
+        self._used.add(ref.frame)
+        if buffer.nbytes == 0:
+            return torch.empty(ref.shape, dtype=dtype)
+        # bytearray copy: zmq frames are read-only and the tensor must own its memory.
+        raw = torch.frombuffer(bytearray(buffer), dtype=torch.uint8)
+        return raw.view(dtype).reshape(ref.shape)
 
 
 def _type_name(type_: Any) -> str:

@@ -8,11 +8,19 @@ from calls instead of being written into a config.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from .checks import (
+    INT64_MAX,
+    INT64_MIN,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_str,
+)
 from .errors import ConfigError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -22,20 +30,24 @@ TRANSPORTS = ("ipc", "tcp")
 ZMQ_BACKENDS = ("auto", "aiozmq", "pyzmq")
 
 
-def _choice(owner: str, field: str, value: object, choices: Iterable[object]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{owner}.{field}={value!r} is not one of {choices}")
+_choice = check_choice
 
 
 def _positive(owner: str, field: str, value: float | None, allow_none: bool = False) -> None:
+    """A finite number > 0 (or None where allowed)."""
     if value is None and allow_none:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{owner}.{field} must be a positive number, got {value!r}")
+    check_float(owner, field, value, 0.0, low_open=True)
 
 
-class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+def _count(owner: str, field: str, value: int | None, allow_none: bool = False) -> None:
+    """An integer >= 1 that fits int32 (or None where allowed)."""
+    if value is None and allow_none:
+        return
+    check_int(owner, field, value, 1)
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Which checkpoint to run and how to load it.
 
     ``model`` is a local HF-format directory (config.json + *.safetensors).
@@ -53,12 +65,17 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("ModelConfig.model must be a non-empty path to an HF model directory")
+        check_str("ModelConfig", "model", self.model)
+        if self.tokenizer is not None:
+            check_str("ModelConfig", "tokenizer", self.tokenizer)
         _choice("ModelConfig", "dtype", self.dtype, DTYPES)
         _choice("ModelConfig", "load_format", self.load_format, LOAD_FORMATS)
-        _positive("ModelConfig", "max_model_len", self.max_model_len, allow_none=True)
+        _count("ModelConfig", "max_model_len", self.max_model_len, allow_none=True)
+        check_int("ModelConfig", "seed", self.seed, INT64_MIN, INT64_MAX)
+        check_bool("ModelConfig", "enforce_eager", self.enforce_eager)
 
 
-class CacheConfig(msgspec.Struct, frozen=True, kw_only=True):
+class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Paged KV cache settings.
 
     On CUDA the cache takes ``gpu_memory_utilization`` of device memory minus
@@ -72,17 +89,14 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True):
     num_blocks_override: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.block_size, int) or not 1 <= self.block_size <= 1024:
-            raise ConfigError(
-                f"CacheConfig.block_size must be in [1, 1024], got {self.block_size!r}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ConfigError("CacheConfig.gpu_memory_utilization must be in (0, 1], "
-                              f"got {self.gpu_memory_utilization!r}")
-        _positive("CacheConfig", "cpu_kv_cache_bytes", self.cpu_kv_cache_bytes)
-        _positive("CacheConfig", "num_blocks_override", self.num_blocks_override, allow_none=True)
+        check_int("CacheConfig", "block_size", self.block_size, 1, 1024)
+        check_float("CacheConfig", "gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0,
+                    low_open=True)
+        check_int("CacheConfig", "cpu_kv_cache_bytes", self.cpu_kv_cache_bytes, 1, INT64_MAX)
+        _count("CacheConfig", "num_blocks_override", self.num_blocks_override, allow_none=True)
 
 
-class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
+class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Parallel layout and the executor backend.
 
     ``distributed_executor_backend``: ``"uni"``, ``"mp"``, an ``Executor``
@@ -107,13 +121,18 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
     worker_start_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
+        check_str("ParallelConfig", "host", self.host, 255)
+        check_str("ParallelConfig", "worker_cls", self.worker_cls)
+        check_bool("ParallelConfig", "allow_callable_rpc", self.allow_callable_rpc)
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ParallelConfig.{name} must be an integer >= 1, got {value!r}")
         if self.pipeline_layer_split is not None:
             split = self.pipeline_layer_split
-            if len(split) != self.pipeline_parallel_size or any(n < 1 for n in split):
+            for n in split:
+                check_int("ParallelConfig", "pipeline_layer_split[...]", n, 1)
+            if len(split) != self.pipeline_parallel_size:
                 raise ConfigError(
                     f"ParallelConfig.pipeline_layer_split={split!r} must give a positive layer "
                     f"count for each of the {self.pipeline_parallel_size} pipeline stages")
@@ -136,7 +155,7 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
-class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
+class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Batch limits for the reference engine's scheduler."""
 
     max_num_seqs: int = 64
@@ -144,11 +163,12 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
     enable_chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
-        _positive("SchedulerConfig", "max_num_seqs", self.max_num_seqs)
-        _positive("SchedulerConfig", "max_num_batched_tokens", self.max_num_batched_tokens)
+        _count("SchedulerConfig", "max_num_seqs", self.max_num_seqs)
+        _count("SchedulerConfig", "max_num_batched_tokens", self.max_num_batched_tokens)
+        check_bool("SchedulerConfig", "enable_chunked_prefill", self.enable_chunked_prefill)
 
 
-class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
+class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where the model runs: ``"cpu"`` or ``"cuda"`` (one GPU per rank)."""
 
     device: str = "cpu"
@@ -157,7 +177,7 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
         _choice("DeviceConfig", "device", self.device, DEVICES)
 
 
-class Config(msgspec.Struct, frozen=True, kw_only=True):
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything an executor and its workers need, passed whole to each worker."""
 
     model: ModelConfig
@@ -173,6 +193,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name, kind in parts:
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"Config.{name} must be a {kind.__name__}")
+        if self.profile_dir is not None:
+            check_str("Config", "profile_dir", self.profile_dir)
         backend = self.parallel.distributed_executor_backend
         if backend == "uni" and self.parallel.world_size > 1:
             raise ConfigError(

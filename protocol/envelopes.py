@@ -12,7 +12,8 @@ from __future__ import annotations
 import msgspec
 
 
-class Call(msgspec.Struct, tag="call", array_like=True, gc=False):
+class Call(msgspec.Struct, tag="call", array_like=True, gc=False,
+           forbid_unknown_fields=True):
     """Run ``method`` on the receiving actor.
 
     ``method`` is an allow-listed method name, or (only where the receiver
@@ -30,13 +31,15 @@ class Call(msgspec.Struct, tag="call", array_like=True, gc=False):
     reply_on_success: bool = True
 
 
-class Result(msgspec.Struct, tag="result", array_like=True, gc=False):
+class Result(msgspec.Struct, tag="result", array_like=True, gc=False,
+             forbid_unknown_fields=True):
     """The call ``call_id`` returned; its value is in the payload frame."""
 
     call_id: int
 
 
-class Failure(msgspec.Struct, tag="failure", array_like=True, gc=False):
+class Failure(msgspec.Struct, tag="failure", array_like=True, gc=False,
+              forbid_unknown_fields=True):
     """The call ``call_id`` raised; re-raised on the caller as a typed error.
 
     ``call_id`` is -1 when the failing frame could not be decoded far enough
@@ -49,7 +52,8 @@ class Failure(msgspec.Struct, tag="failure", array_like=True, gc=False):
     traceback: str = ""
 
 
-class Ready(msgspec.Struct, tag="ready", array_like=True, gc=False):
+class Ready(msgspec.Struct, tag="ready", array_like=True, gc=False,
+            forbid_unknown_fields=True):
     """Sent once by a freshly started actor process when it serves calls."""
 
     rank: int

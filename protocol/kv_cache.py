@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
+from .checks import check_choice, check_int, check_str
 from .errors import ConfigError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-class KVCacheSpec(msgspec.Struct, frozen=True, kw_only=True):
+class KVCacheSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One attention layer's paged cache: K and V of ``block_size`` tokens per block."""
 
     block_size: int
@@ -17,20 +18,34 @@ class KVCacheSpec(msgspec.Struct, frozen=True, kw_only=True):
     head_size: int
     dtype: str
 
+    def __post_init__(self) -> None:
+        check_int("KVCacheSpec", "block_size", self.block_size, 1, 1024)
+        check_int("KVCacheSpec", "num_kv_heads", self.num_kv_heads, 1, 4096)
+        check_int("KVCacheSpec", "head_size", self.head_size, 1, 4096)
+        check_choice("KVCacheSpec", "dtype", self.dtype, DTYPE_BYTES)
+
     @property
     def page_size_bytes(self) -> int:
         """Bytes one block takes in one layer (K and V)."""
         return 2 * self.block_size * self.num_kv_heads * self.head_size * DTYPE_BYTES[self.dtype]
 
 
-class KVCacheGroupSpec(msgspec.Struct, frozen=True, kw_only=True):
+class KVCacheGroupSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Layers that share one block table (all of them, for full attention)."""
 
     layer_names: tuple[str, ...]
     kv_cache_spec: KVCacheSpec
 
+    def __post_init__(self) -> None:
+        if not self.layer_names:
+            raise ConfigError("KVCacheGroupSpec.layer_names must name at least one layer")
+        for name in self.layer_names:
+            check_str("KVCacheGroupSpec", "layer_names[...]", name, 256)
+        if not isinstance(self.kv_cache_spec, KVCacheSpec):
+            raise ConfigError("KVCacheGroupSpec.kv_cache_spec must be a KVCacheSpec")
 
-class KVCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
+
+class KVCacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What a worker allocates: ``num_blocks`` blocks for each of its layers.
 
     Every rank gets the same ``num_blocks`` (the minimum over ranks), so one
@@ -42,8 +57,11 @@ class KVCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
     kv_cache_groups: tuple[KVCacheGroupSpec, ...]
 
     def __post_init__(self) -> None:
-        if self.num_blocks < 1:
-            raise ConfigError(f"KVCacheConfig.num_blocks must be >= 1, got {self.num_blocks}")
+        check_int("KVCacheConfig", "num_blocks", self.num_blocks, 1)
+        if not self.kv_cache_groups:
+            raise ConfigError("KVCacheConfig.kv_cache_groups must hold at least one group")
+        if any(not isinstance(g, KVCacheGroupSpec) for g in self.kv_cache_groups):
+            raise ConfigError("KVCacheConfig.kv_cache_groups must hold KVCacheGroupSpecs")
 
     @property
     def block_size(self) -> int:

@@ -5,40 +5,52 @@ Diff semantics (as in vLLM v1): a request appears in full once, as a
 in ``CachedRequestData`` with only what changed: the tokens it gained since
 its last scheduled step (``new_token_ids``: tokens sampled by the last
 pipeline stage, sent to every rank so all ranks hold the same token list), the
-blocks appended to its block table, and ``num_computed_tokens``. A request
-resumed after preemption brings its whole block table in ``new_block_ids``
-(replacing the old one) and restarts from ``num_computed_tokens``.
-``finished_req_ids`` lists requests whose state every rank drops.
+blocks appended to its block table, and ``num_computed_tokens``, which must be
+exactly where its previous step ended. ``finished_req_ids`` lists requests
+whose state every rank drops; a preempted request is dropped that way and
+later sent again as a ``NewRequestData`` that starts at token 0 (recompute).
 
 Tokens a request runs this step are ``all_tokens[num_computed : num_computed
 + num_scheduled_tokens[req_id]]``; the last of those produces the sampled
 token once the request has run its whole known sequence.
+
+Build a step with ``SchedulerOutput.add_new`` / ``add_cached``: each puts the
+request's diff and its token count in at once, so the two cannot disagree.
+The runner checks every field against its state and limits before anything
+changes (``actors/model_runner/step_reader.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import msgspec
 
 from .sampling import SamplingParams
 
 
-class NewRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    """A request scheduled for the first time: everything the runner must keep."""
+class NewRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
+                     forbid_unknown_fields=True):
+    """A request scheduled for the first time: everything the runner must keep.
+
+    ``num_computed_tokens`` is 0: there is no prefix cache, so a new request
+    (also one re-sent after preemption) computes every token from the start.
+    """
 
     req_id: str
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int = 0
-    # Output tokens the request already has (a request re-added after being dropped).
+    # Output tokens the request already has (a request re-sent after preemption).
     output_token_ids: list[int] = []
 
 
-class CachedRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+class CachedRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
+                        forbid_unknown_fields=True):
     """Diffs for requests the runner already holds; parallel lists, one entry per request."""
 
     req_ids: list[str] = []
-    resumed_from_preemption: list[bool] = []
     new_token_ids: list[list[int]] = []
     new_block_ids: list[list[int]] = []
     num_computed_tokens: list[int] = []
@@ -48,29 +60,41 @@ class CachedRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
         return len(self.req_ids)
 
     def add(self, req_id: str, new_token_ids: list[int], new_block_ids: list[int],
-            num_computed_tokens: int, resumed_from_preemption: bool = False) -> None:
+            num_computed_tokens: int) -> None:
         """Appends one request's diff to every parallel list at once, so they stay aligned."""
         self.req_ids.append(req_id)
-        self.resumed_from_preemption.append(resumed_from_preemption)
         self.new_token_ids.append(new_token_ids)
         self.new_block_ids.append(new_block_ids)
         self.num_computed_tokens.append(num_computed_tokens)
 
 
-class SchedulerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+class SchedulerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
+                      forbid_unknown_fields=True):
     """One step: which requests run how many tokens, and the state diff.
 
     ``step_id`` increases by one per step from the engine; workers process
-    steps in submission order.
+    steps in submission order. ``total_num_scheduled_tokens`` is derived from
+    ``num_scheduled_tokens`` (never sent, so it cannot disagree).
     """
 
     step_id: int = 0
     scheduled_new_reqs: list[NewRequestData] = []
     scheduled_cached_reqs: CachedRequestData = msgspec.field(default_factory=CachedRequestData)
     num_scheduled_tokens: dict[str, int] = {}
-    total_num_scheduled_tokens: int = 0
     finished_req_ids: list[str] = []
 
-    @classmethod
-    def empty(cls, step_id: int = 0, finished_req_ids: list[str] | None = None) -> SchedulerOutput:
-        return cls(step_id=step_id, finished_req_ids=list(finished_req_ids or []))
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(self.num_scheduled_tokens.values())
+
+    def add_new(self, request: NewRequestData, num_scheduled_tokens: int) -> None:
+        """Schedules a request the runner does not hold yet: all of it, and its token count."""
+        self.scheduled_new_reqs.append(request)
+        self.num_scheduled_tokens[request.req_id] = num_scheduled_tokens
+
+    def add_cached(self, req_id: str, *, num_computed_tokens: int, num_scheduled_tokens: int,
+                   new_token_ids: Sequence[int] = (), new_block_ids: Sequence[int] = ()) -> None:
+        """Schedules a request the runner holds: what it gained, where it starts, how many run."""
+        self.scheduled_cached_reqs.add(req_id, list(new_token_ids), list(new_block_ids),
+                                       num_computed_tokens)
+        self.num_scheduled_tokens[req_id] = num_scheduled_tokens

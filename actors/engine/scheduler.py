@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Iterable
 
 from actorexec.protocol import (
-    CachedRequestData,
     InvalidRequestError,
     ModelRunnerOutput,
     NewRequestData,
@@ -192,27 +191,23 @@ class Scheduler:
             req.num_sent_blocks = 0
 
     def _build_output(self, order: list[Request], scheduled: dict[str, int]) -> SchedulerOutput:
-        new_reqs: list[NewRequestData] = []
-        cached = CachedRequestData()
+        out = SchedulerOutput(step_id=self._step_id, finished_req_ids=self._to_drop)
         for req in order:
             if not req.known_to_runner:
-                new_reqs.append(NewRequestData(
+                out.add_new(NewRequestData(
                     req_id=req.req_id, prompt_token_ids=list(req.prompt_token_ids),
                     sampling_params=req.sampling_params, block_ids=list(req.block_ids),
-                    num_computed_tokens=req.num_computed_tokens,
-                    output_token_ids=list(req.output_token_ids)))
+                    output_token_ids=list(req.output_token_ids)), scheduled[req.req_id])
                 req.known_to_runner = True
             else:
-                cached.add(req.req_id, req.all_token_ids[req.num_sent_tokens:],
-                           req.block_ids[req.num_sent_blocks:], req.num_computed_tokens)
+                out.add_cached(req.req_id, num_computed_tokens=req.num_computed_tokens,
+                               num_scheduled_tokens=scheduled[req.req_id],
+                               new_token_ids=req.all_token_ids[req.num_sent_tokens:],
+                               new_block_ids=req.block_ids[req.num_sent_blocks:])
             req.num_sent_tokens = req.num_tokens
             req.num_sent_blocks = len(req.block_ids)
             req.num_computed_tokens += scheduled[req.req_id]
             req.in_flight = True
-        out = SchedulerOutput(
-            step_id=self._step_id, scheduled_new_reqs=new_reqs, scheduled_cached_reqs=cached,
-            num_scheduled_tokens=scheduled, total_num_scheduled_tokens=sum(scheduled.values()),
-            finished_req_ids=self._to_drop)
         self._to_drop = []
         self._step_id += 1
         return out

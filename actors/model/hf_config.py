@@ -2,7 +2,8 @@
 
 Both the engine (max_model_len, EOS ids) and the model code read the same
 fields, so the differences between transformers versions (``rope_parameters``
-in v5, ``rope_theta`` + ``rope_scaling`` before) are handled once, here.
+in v5, ``rope_theta`` + ``rope_scaling`` before) are handled once, here, as
+is the one rule for ``max_model_len`` (``resolve_max_model_len``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class HFModelConfig:
     eos_token_ids: tuple[int, ...]
     torch_dtype: str
     attention_bias: bool = False
+    # Tokens a sliding-window layer attends to; None when every layer attends to all.
+    sliding_window: int | None = None
 
     @property
     def family(self) -> str:
@@ -72,13 +75,56 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 
 def _eos(raw: dict[str, Any], path: Path) -> tuple[int, ...]:
-    eos = raw.get("eos_token_id")
+    """Every eos id of config.json and generation_config.json, merged (as transformers and
+    vLLM stop on both: Qwen2.5-Instruct and Qwen3 list 151645 in one, [151645, 151643]
+    in the other)."""
+    found: list[Any] = [raw.get("eos_token_id")]
     gen = path / "generation_config.json"
-    if eos is None and gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
-    if eos is None:
-        return ()
-    return tuple(int(e) for e in eos) if isinstance(eos, list) else (int(eos),)
+    if gen.is_file():
+        found.append(json.loads(gen.read_text()).get("eos_token_id"))
+    ids: dict[int, None] = {}  # ordered set: config.json's first
+    for eos in found:
+        if eos is not None:
+            for e in eos if isinstance(eos, list) else [eos]:
+                ids[int(e)] = None
+    return tuple(ids)
+
+
+def _sliding_window(raw: dict[str, Any], family: str, architecture: str) -> int | None:
+    """The window of the layers that slide, as transformers decides it; None if none do."""
+    window = raw.get("sliding_window")
+    layer_types = raw.get("layer_types")
+    if isinstance(layer_types, list):  # transformers >= 4.53 writes the decision down
+        slides = "sliding_attention" in layer_types
+    elif family in ("qwen2", "qwen3"):
+        slides = bool(raw.get("use_sliding_window")) and int(
+            raw.get("max_window_layers", 0)) < int(raw["num_hidden_layers"])
+    else:
+        slides = architecture == "MistralForCausalLM"  # Llama ignores the field
+    if not slides or window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"sliding_window={window!r} in config.json is not a positive integer")
+    return window
+
+
+def resolve_max_model_len(hf: HFModelConfig, max_model_len: int | None) -> int:
+    """The longest sequence the engine and every runner allow: ``max_model_len`` if set,
+    else the checkpoint's ``max_position_embeddings``.
+
+    Sliding-window attention is not implemented: within the window it equals
+    full attention, so such a model runs only while sequences fit the window
+    (``ConfigError`` otherwise, never silently wrong outputs).
+    """
+    length = max_model_len or hf.max_position_embeddings
+    window = hf.sliding_window
+    if window is not None and length > window:
+        raise ConfigError(
+            f"{hf.architecture} uses sliding-window attention (window {window} tokens), which "
+            f"actorexec does not implement; a max_model_len of {length} would let sequences "
+            f"outgrow the window and give wrong outputs. Set ModelConfig(max_model_len={window}) "
+            "or less: within the window sliding attention equals full attention.")
+    return length
 
 
 def read_hf_config(path: str | Path) -> HFModelConfig:
@@ -96,6 +142,7 @@ def read_hf_config(path: str | Path) -> HFModelConfig:
     num_heads = int(raw["num_attention_heads"])
     hidden = int(raw["hidden_size"])
     theta, scaling = _rope(raw)
+    family = SUPPORTED_ARCHITECTURES[arch]
     return HFModelConfig(
         architecture=arch,
         vocab_size=int(raw["vocab_size"]),
@@ -114,6 +161,6 @@ def read_hf_config(path: str | Path) -> HFModelConfig:
         eos_token_ids=_eos(raw, path),
         torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
         # Qwen2 always has q/k/v bias; Llama may declare attention_bias.
-        attention_bias=SUPPORTED_ARCHITECTURES[arch] == "qwen2" or bool(
-            raw.get("attention_bias", False)),
+        attention_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
+        sliding_window=_sliding_window(raw, family, arch),
     )

@@ -34,9 +34,14 @@ from actorexec.actors.model_runner.pipeline import StageLink
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.sampler import Sampler, SamplingMetadata
 from actorexec.actors.model_runner.step_output import PendingOutput, copy_to_host
-from actorexec.actors.model_runner.validation import RunnerLimits, validate_scheduler_output
+from actorexec.actors.model_runner.step_reader import (
+    RunnerLimits,
+    StepPlan,
+    apply_step,
+    read_step,
+)
 from actorexec.protocol.config import Config
-from actorexec.protocol.errors import ConfigError
+from actorexec.protocol.errors import ConfigError, InvalidRequestError
 from actorexec.protocol.kv_cache import KVCacheConfig, KVCacheSpec
 from actorexec.protocol.outputs import ModelRunnerOutput, TokenLogprobs
 from actorexec.protocol.scheduler_output import SchedulerOutput
@@ -188,30 +193,33 @@ class ModelRunner:
                             block_size=self.block_size, max_model_len=self.max_model_len,
                             max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens)
 
-    def _apply_diff(self, so: SchedulerOutput) -> None:
-        """Host records and queued device-row writes (flushed before the forward)."""
+    def _apply_diff(self, plan: StepPlan) -> None:
+        """Host records (``apply_step``) and queued device-row writes (flushed before the
+        forward). The row budget is checked first, so a refused step changes nothing."""
         rows, vocab = self.rows, self.hf_config.vocab_size
-        for req_id in so.finished_req_ids:
-            if self.requests.pop(req_id, None) is not None:
-                rows.remove(req_id)
-        for new in so.scheduled_new_reqs:
-            state = CachedRequestState.from_new(new, self.device)
-            self.requests[new.req_id] = state
-            row = rows.add(new.req_id, new.sampling_params, vocab)
-            rows.write_tokens(row, 0, state.prompt_token_ids + state.output_token_ids)
-            rows.write_blocks(row, 0, state.block_ids)
-        c = so.scheduled_cached_reqs
-        for i, req_id in enumerate(c.req_ids):
-            state, row = self.requests[req_id], rows.row_of[req_id]
-            rows.write_tokens(row, state.num_tokens, c.new_token_ids[i])
-            state.output_token_ids.extend(c.new_token_ids[i])
-            if c.resumed_from_preemption[i]:
-                state.block_ids = list(c.new_block_ids[i])
+        gone = [r for r in plan.finished_req_ids if r in self.requests]
+        added = sum(1 for rec in plan.requests if rec.is_new)
+        if len(self.requests) - len(gone) + added > rows.max_reqs:
+            raise InvalidRequestError(
+                f"step would leave {len(self.requests) - len(gone) + added} live requests; the "
+                f"runner holds at most max_num_seqs={rows.max_reqs}")
+        before = {rec.req_id: (self.requests[rec.req_id].num_tokens,
+                               len(self.requests[rec.req_id].block_ids))
+                  for rec in plan.requests if not rec.is_new}
+        apply_step(plan, self.requests, self.device)
+        for req_id in gone:
+            rows.remove(req_id)
+        for rec in plan.requests:
+            if rec.new is not None:
+                state = self.requests[rec.req_id]
+                row = rows.add(rec.req_id, rec.new.sampling_params, vocab)
+                rows.write_tokens(row, 0, state.prompt_token_ids + state.output_token_ids)
                 rows.write_blocks(row, 0, state.block_ids)
             else:
-                rows.write_blocks(row, len(state.block_ids), c.new_block_ids[i])
-                state.block_ids.extend(c.new_block_ids[i])
-            state.num_computed_tokens = c.num_computed_tokens[i]
+                row = rows.row_of[rec.req_id]
+                num_tokens, num_blocks = before[rec.req_id]
+                rows.write_tokens(row, num_tokens, rec.new_token_ids)
+                rows.write_blocks(row, num_blocks, rec.new_block_ids)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
         """One step; returns the output on the output rank, None on the others."""
@@ -222,17 +230,16 @@ class ModelRunner:
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput | None:
         """Queues one step on the device; the output rank gets a PendingOutput back."""
         so = scheduler_output
-        validate_scheduler_output(so, self.requests, self._limits())
+        plan = read_step(so, self.requests, self._limits())  # raises before any change
         with self._on_compute_stream():
-            self._apply_diff(so)
+            self._apply_diff(plan)
             self.rows.flush(self.copy_stream)
-            order = ([n.req_id for n in so.scheduled_new_reqs]
-                     + list(so.scheduled_cached_reqs.req_ids))
+            order = plan.req_ids
             if not order:
                 return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
                         if self.parallel.is_output_rank else None)
             states = [self.requests[r] for r in order]
-            counts = [so.num_scheduled_tokens[r] for r in order]
+            counts = [rec.num_scheduled_tokens for rec in plan.requests]
             decode = sum(counts) == len(order)
             bucket = (self.graphs.bucket_for(len(order))
                       if decode and self.graphs is not None else None)

@@ -22,9 +22,15 @@ class CachedRequestState:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     block_ids: list[int]
-    num_computed_tokens: int
+    num_computed_tokens: int      # tokens with K/V before its latest step: where that step starts
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None  # per-request seed -> batch-independent samples
+    num_scheduled_tokens: int = 0  # tokens its latest step runs
+
+    @property
+    def next_start(self) -> int:
+        """Where its next step must start: every token before it has (or gets) its K/V."""
+        return self.num_computed_tokens + self.num_scheduled_tokens
 
     @classmethod
     def from_new(cls, new: NewRequestData, device: torch.device) -> CachedRequestState:

@@ -7,23 +7,22 @@ import pytest
 import torch
 
 from actorexec.protocol import (
-    Call,
-    EnvelopeCodec,
-    Failure,
     KVCacheSpec,
     ModelRunnerOutput,
     NewRequestData,
-    PayloadDecoder,
-    PayloadEncoder,
     ProtocolError,
-    Ready,
-    Result,
     SamplingParams,
     SchedulerOutput,
     TokenLogprobs,
-    build_method_specs,
-    make_kv_cache_configs,
 )
+from actorexec.protocol.codec import (
+    EnvelopeCodec,
+    PayloadDecoder,
+    PayloadEncoder,
+    build_method_specs,
+)
+from actorexec.protocol.envelopes import Call, Failure, Ready, Result
+from actorexec.protocol.kv_cache import make_kv_cache_configs
 
 
 class Target:
@@ -36,8 +35,9 @@ class Target:
 def a_scheduler_output() -> SchedulerOutput:
     req = NewRequestData(req_id="r0", prompt_token_ids=[1, 2, 3],
                          sampling_params=SamplingParams(temperature=0.0, seed=7), block_ids=[4])
-    return SchedulerOutput(step_id=9, scheduled_new_reqs=[req], num_scheduled_tokens={"r0": 3},
-                           total_num_scheduled_tokens=3)
+    so = SchedulerOutput(step_id=9)
+    so.add_new(req, num_scheduled_tokens=3)
+    return so
 
 
 @pytest.mark.parametrize("envelope", [Call(1, "add", 12.5), Call(2, "x", None, False),

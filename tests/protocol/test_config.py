@@ -12,8 +12,8 @@ from actorexec.protocol import (
     ParallelConfig,
     SamplingParams,
     SchedulerConfig,
-    wire_config,
 )
+from actorexec.protocol.config import wire_config
 
 
 def test_config_round_trips_through_msgpack_unchanged() -> None:
@@ -76,7 +76,7 @@ def test_wire_config_names_an_executor_class_by_import_path() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}, {"min_p": 1.5}, {"max_tokens": 0},
+    {"temperature": -1.0}, {"top_k": -2}, {"top_p": 0.0}, {"min_p": 1.5}, {"max_tokens": 0},
     {"repetition_penalty": 0.0}, {"logprobs": 99}, {"min_tokens": 5, "max_tokens": 2},
 ])
 def test_bad_sampling_params_raise(kwargs) -> None:

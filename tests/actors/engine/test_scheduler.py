@@ -1,17 +1,20 @@
 """Scheduler: diffs the runner can replay, budgets, preemption, stops, rejection.
 
-``RunnerMirror`` applies each SchedulerOutput the way a ModelRunner must
-(keep tokens and block tables, drop finished ids) and checks every step
-against the scheduler's own truth; its "model" samples a token that is a
+``RunnerMirror`` reads and applies each SchedulerOutput with the runner's own
+step reader (so every step must pass the runner's checks) and compares the
+result with the scheduler's own truth; its "model" samples a token that is a
 pure function of the sequence, so results must not depend on batching.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from actorexec.actors.engine.request import FinishReason
 from actorexec.actors.engine.scheduler import Scheduler
+from actorexec.actors.model_runner.request_state import CachedRequestState
+from actorexec.actors.model_runner.step_reader import RunnerLimits, apply_step, read_step
 from actorexec.protocol import (
     InvalidRequestError,
     ModelRunnerOutput,
@@ -21,6 +24,7 @@ from actorexec.protocol import (
 )
 
 EOS = 2
+VOCAB = 1000
 
 
 def next_token(tokens: list[int]) -> int:
@@ -28,45 +32,31 @@ def next_token(tokens: list[int]) -> int:
 
 
 class RunnerMirror:
+    """Replays each step through the runner's own step reader (validate, then apply)."""
+
     def __init__(self, sched: Scheduler) -> None:
         self.sched = sched
-        self.tokens: dict[str, list[int]] = {}
-        self.blocks: dict[str, list[int]] = {}
-        self.computed: dict[str, int] = {}
+        self.states: dict[str, CachedRequestState] = {}
+        self.limits = RunnerLimits(
+            vocab_size=VOCAB, num_blocks=sched.pool.num_blocks, block_size=sched.pool.block_size,
+            max_model_len=sched.max_model_len, max_num_reqs=sched.config.max_num_seqs,
+            max_num_tokens=sched.config.max_num_batched_tokens)
         self.step_ids: list[int] = []
 
     def run(self, so: SchedulerOutput) -> ModelRunnerOutput:
         self.step_ids.append(so.step_id)
-        for rid in so.finished_req_ids:
-            for d in (self.tokens, self.blocks, self.computed):
-                d.pop(rid, None)
-        for new in so.scheduled_new_reqs:
-            assert new.req_id not in self.tokens, "new request the runner already holds"
-            self.tokens[new.req_id] = new.prompt_token_ids + new.output_token_ids
-            self.blocks[new.req_id] = list(new.block_ids)
-            self.computed[new.req_id] = new.num_computed_tokens
-        c = so.scheduled_cached_reqs
-        for i, rid in enumerate(c.req_ids):
-            assert rid in self.tokens, "cached diff for a request the runner does not hold"
-            self.tokens[rid] += c.new_token_ids[i]
-            if c.resumed_from_preemption[i]:
-                self.blocks[rid] = list(c.new_block_ids[i])
-            else:
-                self.blocks[rid] += c.new_block_ids[i]
-            assert self.computed[rid] == c.num_computed_tokens[i]
+        plan = read_step(so, self.states, self.limits)  # raises on anything a runner refuses
+        apply_step(plan, self.states, torch.device("cpu"))
         req_ids, sampled = [], []
-        assert so.total_num_scheduled_tokens == sum(so.num_scheduled_tokens.values())
-        for rid, n in so.num_scheduled_tokens.items():
-            req = self.sched.requests.get(rid)
+        for rec in plan.requests:
+            state = self.states[rec.req_id]
+            tokens = state.prompt_token_ids + state.output_token_ids
+            req = self.sched.requests.get(rec.req_id)
             if req is not None and not req.is_finished:
-                assert self.tokens[rid] == req.all_token_ids
-                assert self.blocks[rid] == req.block_ids
-            end = self.computed[rid] + n
-            assert end <= len(self.tokens[rid])
-            assert len(self.blocks[rid]) * self.sched.pool.block_size >= end
-            self.computed[rid] = end
-            req_ids.append(rid)
-            sampled.append([next_token(self.tokens[rid])] if end == len(self.tokens[rid]) else [])
+                assert tokens == req.all_token_ids
+                assert state.block_ids == req.block_ids
+            req_ids.append(rec.req_id)
+            sampled.append([next_token(tokens)] if rec.samples else [])
         return ModelRunnerOutput(step_id=so.step_id, req_ids=req_ids, sampled_token_ids=sampled)
 
 

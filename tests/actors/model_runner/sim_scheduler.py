@@ -13,7 +13,6 @@ from actorexec.actors.model.parallel import ParallelContext
 from actorexec.actors.model_runner import ModelRunner
 from actorexec.protocol import (
     CacheConfig,
-    CachedRequestData,
     Config,
     ModelConfig,
     ModelRunnerOutput,
@@ -21,8 +20,8 @@ from actorexec.protocol import (
     SamplingParams,
     SchedulerConfig,
     SchedulerOutput,
-    make_kv_cache_configs,
 )
+from actorexec.protocol.kv_cache import make_kv_cache_configs
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -89,8 +88,7 @@ class SimScheduler:
         self.running[req_id] = SimRequest(req_id, list(prompt), params, max_tokens)
 
     def schedule(self) -> SchedulerOutput:
-        new, cached = [], CachedRequestData()
-        counts: dict[str, int] = {}
+        so = SchedulerOutput(step_id=self.step_id, finished_req_ids=self.finished_since_last)
         budget = self.token_budget
         for req in self.running.values():
             n = min(len(req.all_tokens) - req.num_computed, budget)
@@ -100,20 +98,16 @@ class SimScheduler:
             need = -(-(req.num_computed + n) // self.block_size) - len(req.blocks)
             fresh = [self.free.pop(0) for _ in range(need)]
             req.blocks += fresh
-            counts[req.req_id] = n
             if not req.sent:
-                new.append(NewRequestData(req_id=req.req_id, prompt_token_ids=req.prompt,
+                so.add_new(NewRequestData(req_id=req.req_id, prompt_token_ids=req.prompt,
                                           sampling_params=req.params, block_ids=list(req.blocks),
-                                          num_computed_tokens=req.num_computed,
-                                          output_token_ids=list(req.output)))
+                                          output_token_ids=list(req.output)), n)
                 req.sent = True
             else:
-                cached.add(req.req_id, req.unsent, fresh, req.num_computed)
+                so.add_cached(req.req_id, num_computed_tokens=req.num_computed,
+                              num_scheduled_tokens=n, new_token_ids=req.unsent,
+                              new_block_ids=fresh)
             req.unsent = []
-        so = SchedulerOutput(step_id=self.step_id, scheduled_new_reqs=new,
-                             scheduled_cached_reqs=cached, num_scheduled_tokens=counts,
-                             total_num_scheduled_tokens=sum(counts.values()),
-                             finished_req_ids=self.finished_since_last)
         self.finished_since_last = []
         self.step_id += 1
         return so

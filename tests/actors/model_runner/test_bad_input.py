@@ -37,8 +37,7 @@ def _too_many_tokens_for_blocks(so: SchedulerOutput) -> SchedulerOutput:
     new = NewRequestData(req_id="big", prompt_token_ids=list(range(1, 40)),
                          sampling_params=GREEDY, block_ids=[60])  # 39 tokens, 1 block of 4
     return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, new],
-                   num_scheduled_tokens={**so.num_scheduled_tokens, "big": 39},
-                   total_num_scheduled_tokens=so.total_num_scheduled_tokens + 39)
+                   num_scheduled_tokens={**so.num_scheduled_tokens, "big": 39})
 
 
 def _duplicate_new_request(so: SchedulerOutput) -> SchedulerOutput:

@@ -1,0 +1,260 @@
+"""Reads a SchedulerOutput once: a validated plan of per-request records, then applies it.
+
+``read_step`` walks the step against the runner's request states and limits
+and returns a ``StepPlan`` (records in batch-row order: new requests first,
+then cached ones). Every check runs there, before anything changes, so a bad
+step raises ``InvalidRequestError`` and leaves every request exactly as it
+was; the runner keeps serving the others. ``apply_step`` walks the same
+records to update the states; nothing else interprets the diff.
+
+Cost: one pass over the step's ids; token ids are range-checked one by one
+(a prompt's worth at its first step, about one per request per decode step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+
+import torch
+
+from actorexec.actors.model_runner.request_state import CachedRequestState
+from actorexec.protocol.errors import InvalidRequestError
+from actorexec.protocol.sampling import SamplingParams
+from actorexec.protocol.scheduler_output import NewRequestData, SchedulerOutput
+
+MAX_REQ_ID_LEN = 256
+
+
+@dataclass(frozen=True)
+class RunnerLimits:
+    """What the runner's buffers and cache can hold."""
+
+    vocab_size: int
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    max_num_reqs: int
+    max_num_tokens: int
+
+    @property
+    def max_blocks_per_req(self) -> int:
+        return -(-self.max_model_len // self.block_size)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStep:
+    """One request's part of a step, validated: what its state gains and what it runs."""
+
+    req_id: str
+    new: NewRequestData | None       # the whole request, the step it is first scheduled
+    new_token_ids: list[int]         # tokens appended (new: its prompt, then any outputs)
+    new_block_ids: list[int]         # blocks appended to its table (new: the whole table)
+    num_computed_tokens: int         # tokens with K/V before this step: where it starts
+    num_scheduled_tokens: int        # tokens it runs this step
+    num_tokens: int                  # its known sequence length once the diff is applied
+
+    @property
+    def is_new(self) -> bool:
+        return self.new is not None
+
+    @property
+    def end(self) -> int:
+        """One past the last position it runs; where its next step must start."""
+        return self.num_computed_tokens + self.num_scheduled_tokens
+
+    @property
+    def samples(self) -> bool:
+        """It runs the end of its known sequence, so this step samples its next token."""
+        return self.end == self.num_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """A validated step: the records in batch-row order and the ids to drop first."""
+
+    step_id: int
+    requests: list[RequestStep]
+    finished_req_ids: list[str]
+
+    @property
+    def req_ids(self) -> list[str]:
+        return [r.req_id for r in self.requests]
+
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(r.num_scheduled_tokens for r in self.requests)
+
+
+def _fail(message: str) -> InvalidRequestError:
+    return InvalidRequestError(message)
+
+
+def _check_int(what: str, value: object, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise _fail(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _check_req_id(req_id: object) -> str:
+    if (type(req_id) is not str or not 0 < len(req_id) <= MAX_REQ_ID_LEN
+            or not req_id.isprintable()):
+        raise _fail(f"request id {str(req_id)[:64]!r} must be a printable string of 1 to "
+                    f"{MAX_REQ_ID_LEN} characters")
+    return req_id
+
+
+def _check_ids(req_id: str, what: str, ids: object, limit: int, where: str) -> list[int]:
+    """``ids`` must be a list of ints in ``[0, limit)``; ``where`` names that range."""
+    if type(ids) is not list:
+        raise _fail(f"request {req_id!r}: {what} must be a list, got {type(ids).__name__}")
+    bad = [t for t in ids if type(t) is not int or not 0 <= t < limit]
+    if bad:
+        raise _fail(f"request {req_id!r}: {what} {bad[:4]} outside {where} [0, {limit})")
+    return ids
+
+
+def _check_tokens(req_id: str, what: str, ids: object, limits: RunnerLimits) -> list[int]:
+    return _check_ids(req_id, what, ids, limits.vocab_size, "the vocabulary")
+
+
+def _check_blocks(req_id: str, ids: object, limits: RunnerLimits) -> list[int]:
+    return _check_ids(req_id, "block ids", ids, limits.num_blocks, "the KV cache")
+
+
+def _read_new(new: NewRequestData, states: Mapping[str, CachedRequestState],
+              finished: set[str], limits: RunnerLimits, num_scheduled: int) -> RequestStep:
+    req_id = new.req_id
+    if req_id in states and req_id not in finished:
+        raise _fail(f"request {req_id!r} is added but already exists")
+    prompt = _check_tokens(req_id, "prompt token ids", new.prompt_token_ids, limits)
+    if not prompt:
+        raise _fail(f"request {req_id!r} has an empty prompt")
+    output = _check_tokens(req_id, "output token ids", new.output_token_ids, limits)
+    blocks = _check_blocks(req_id, new.block_ids, limits)
+    params = new.sampling_params
+    if not isinstance(params, SamplingParams):
+        raise _fail(f"request {req_id!r}: sampling_params is a {type(params).__name__}")
+    _check_tokens(req_id, "stop_token_ids", list(params.stop_token_ids), limits)
+    if new.num_computed_tokens != 0:
+        raise _fail(f"request {req_id!r} is new but num_computed_tokens="
+                    f"{new.num_computed_tokens!r}: a new request has no K/V yet (no prefix "
+                    "cache), so it starts at 0")
+    return RequestStep(req_id, new, prompt + output, blocks, 0, num_scheduled,
+                       len(prompt) + len(output))
+
+
+def _read_cached(so: SchedulerOutput, i: int, states: Mapping[str, CachedRequestState],
+                 finished: set[str], limits: RunnerLimits, num_scheduled: int) -> RequestStep:
+    c = so.scheduled_cached_reqs
+    req_id = c.req_ids[i]
+    state = states.get(req_id)
+    if state is None or req_id in finished:
+        raise _fail(f"unknown request {req_id!r} (never added or finished)")
+    tokens = _check_tokens(req_id, "new token ids", c.new_token_ids[i], limits)
+    blocks = _check_blocks(req_id, c.new_block_ids[i], limits)
+    start = c.num_computed_tokens[i]
+    if start != state.next_start or type(start) is not int:
+        raise _fail(f"request {req_id!r}: num_computed_tokens={start!r} but its steps so far "
+                    f"ran tokens [0, {state.next_start}): a step must start where the last ended")
+    return RequestStep(req_id, None, tokens, blocks, start, num_scheduled,
+                       state.num_tokens + len(tokens))
+
+
+def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
+              limits: RunnerLimits) -> StepPlan:
+    """Validates ``so`` against ``states`` and ``limits``; raises InvalidRequestError
+    describing the first inconsistency found. Changes nothing."""
+    if not isinstance(so, SchedulerOutput):
+        raise _fail(f"execute_model takes a SchedulerOutput, got {type(so).__name__}")
+    finished = {_check_req_id(r) for r in so.finished_req_ids}
+    counts = so.num_scheduled_tokens
+    if type(counts) is not dict:
+        raise _fail("num_scheduled_tokens must be a dict of request id -> token count")
+    c = so.scheduled_cached_reqs
+    n = c.num_reqs
+    if any(len(x) != n for x in (c.new_token_ids, c.new_block_ids, c.num_computed_tokens)):
+        raise _fail("CachedRequestData lists differ in length")
+    records: list[RequestStep] = []
+    seen: set[str] = set()
+
+    def count(req_id: object) -> int:
+        """The request's scheduled token count; each request is in a step once."""
+        req_id = _check_req_id(req_id)
+        if req_id in seen:
+            raise _fail(f"request {req_id!r} appears twice in one step")
+        seen.add(req_id)
+        num = counts.get(req_id, 0)
+        if type(num) is not int or num < 1:
+            raise _fail(f"request {req_id!r} is in the step with no tokens "
+                        f"(num_scheduled_tokens={num!r})")
+        return num
+
+    for new in so.scheduled_new_reqs:
+        if not isinstance(new, NewRequestData):
+            raise _fail(f"scheduled_new_reqs holds a {type(new).__name__}, not NewRequestData")
+        records.append(_read_new(new, states, finished, limits, count(new.req_id)))
+    for i, req_id in enumerate(c.req_ids):
+        records.append(_read_cached(so, i, states, finished, limits, count(req_id)))
+    for rec in records:
+        _check_fits(rec, states, limits)
+    if len(counts) != len(records):
+        unknown = sorted(str(r) for r in counts.keys() - seen)
+        raise _fail(f"tokens scheduled for requests {unknown} that are neither new nor cached "
+                    "in this step")
+    _check_blocks_unshared(records)
+    total = sum(r.num_scheduled_tokens for r in records)
+    if total > limits.max_num_tokens or len(records) > limits.max_num_reqs:
+        raise _fail(f"step of {total} tokens / {len(records)} requests exceeds the runner's "
+                    f"{limits.max_num_tokens} tokens / {limits.max_num_reqs} requests")
+    return StepPlan(_check_int("step_id", so.step_id, -(2**63), 2**63 - 1), records,
+                    list(so.finished_req_ids))
+
+
+def _check_fits(rec: RequestStep, states: Mapping[str, CachedRequestState],
+                limits: RunnerLimits) -> None:
+    """The tokens it runs exist, fit its blocks and max_model_len."""
+    req_id, end = rec.req_id, rec.end
+    if end > rec.num_tokens:
+        raise _fail(f"request {req_id!r}: tokens [{rec.num_computed_tokens}, {end}) scheduled "
+                    f"but it has only {rec.num_tokens} tokens")
+    num_blocks = len(rec.new_block_ids) + (0 if rec.is_new else len(states[req_id].block_ids))
+    if end > num_blocks * limits.block_size:
+        raise _fail(f"request {req_id!r}: {end} tokens need {-(-end // limits.block_size)} "
+                    f"blocks, it has {num_blocks}")
+    if num_blocks > limits.max_blocks_per_req:
+        raise _fail(f"request {req_id!r}: {num_blocks} blocks exceed what max_model_len "
+                    f"{limits.max_model_len} needs")
+    if end > limits.max_model_len:
+        raise _fail(f"request {req_id!r}: {end} tokens exceed max_model_len "
+                    f"{limits.max_model_len}")
+
+
+def _check_blocks_unshared(records: list[RequestStep]) -> None:
+    """No block is handed out twice in one step (two owners would overwrite each other's K/V)."""
+    gained = [b for r in records for b in r.new_block_ids]
+    if len(set(gained)) != len(gained):
+        seen: set[int] = set()
+        twice: set[int] = set()
+        for b in gained:
+            (twice if b in seen else seen).add(b)
+        raise _fail(f"block ids {sorted(twice)[:4]} are given out twice in one step")
+
+
+def apply_step(plan: StepPlan, states: MutableMapping[str, CachedRequestState],
+               device: torch.device) -> None:
+    """Applies a plan ``read_step`` returned: drops finished ids, adds new requests,
+    extends cached ones. New states are built first, so nothing changes if one fails."""
+    fresh = {r.req_id: CachedRequestState.from_new(r.new, device)
+             for r in plan.requests if r.new is not None}
+    for req_id in plan.finished_req_ids:
+        states.pop(req_id, None)
+    for rec in plan.requests:
+        if rec.new is not None:
+            state = states[rec.req_id] = fresh[rec.req_id]
+        else:
+            state = states[rec.req_id]
+            state.output_token_ids.extend(rec.new_token_ids)
+            state.block_ids.extend(rec.new_block_ids)
+            state.num_computed_tokens = rec.num_computed_tokens
+        state.num_scheduled_tokens = rec.num_scheduled_tokens
