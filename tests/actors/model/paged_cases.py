@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
-from actorexec.actors.model.layers.attention import AttentionMetadata, reference_write_kv
+from actorexec.actors.model.layers.attention import (
+    AttentionMetadata,
+    reference_paged_attention,
+)
+
 
 @dataclass
 class PagedCase:
@@ -61,8 +66,31 @@ def make_case(seq_lens: list[int], query_lens: list[int], num_heads: int, num_kv
     return PagedCase(q.to(dtype).to(device), kv.to(dtype).to(device), meta, head_dim ** -0.5)
 
 
-def write_rows(case: PagedCase, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The cache after the reference write of k, v through the case's slot mapping."""
-    expected = case.kv_cache.clone()
-    reference_write_kv(expected, k, v, case.meta.slot_mapping)
-    return expected
+def kernels() -> ModuleType:
+    """The Triton kernels (compiled, or interpreted once ``use_triton_interpreter`` ran)."""
+    from actorexec.actors.model.layers import triton_attention
+    return triton_attention
+
+
+def reference(case: PagedCase) -> torch.Tensor:
+    """The reference on float32 copies of the case (so bf16 kernels are checked against exact)."""
+    return reference_paged_attention(case.q.float(), case.kv_cache.float(), case.meta, case.scale)
+
+
+def assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
+    assert not out.isnan().any()
+    tol = 1e-5 if out.dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def run_decode(case: PagedCase) -> torch.Tensor:
+    m = case.meta
+    return kernels().decode_attention_triton(case.q, case.kv_cache, m.block_table, m.seq_lens,
+                                             case.scale, m.num_partitions)
+
+
+def run_prefill(case: PagedCase) -> torch.Tensor:
+    m = case.meta
+    assert m.query_start_loc is not None
+    return kernels().prefill_attention_triton(case.q, case.kv_cache, m.block_table, m.seq_lens,
+                                              m.query_start_loc, case.scale)
