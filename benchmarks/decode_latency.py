@@ -122,8 +122,43 @@ def make_config(model_dir: str, backend: str, eager: bool, blocks: int, budget: 
         device=DeviceConfig(device="cuda"))
 
 
+def graph_breakdown(executor: Executor, batches: list[int]) -> dict[str, object]:
+    """GPU time of one decode-graph replay (no host work) and the top kernels inside it.
+
+    Step time minus replay time is what the host (runtime, input preparation,
+    sampling, reply) adds to a step. Replays reuse the last step's inputs.
+    """
+    runner = executor.refs[0].actor.model_runner  # the uni executor's in-process worker
+    graphs, out = runner.graphs, {}
+    for batch in batches:
+        size = graphs.bucket_for(batch)
+        times = []
+        with torch.cuda.stream(runner.compute_stream):
+            for _ in range(25):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                graphs.replay(size)
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+        out[f"replay_ms_b{batch}"] = statistics.median(times[5:])
+        print(f"  graph replay, batch {batch} (bucket {size}): {out[f'replay_ms_b{batch}']:.3f} ms",
+              flush=True)
+    size = graphs.bucket_for(batches[0])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof, \
+            torch.cuda.stream(runner.compute_stream):
+        for _ in range(5):
+            graphs.replay(size)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    print(table, flush=True)
+    out["top_kernels"] = table
+    return out
+
+
 async def bench_actorexec(model_dir: str, backend: str, eager: bool, batches: list[int],
-                          contexts: list[int], steps: int, budget: int) -> dict[str, dict]:
+                          contexts: list[int], steps: int, budget: int,
+                          profile: bool = False) -> dict[str, dict]:
     max_b = max(batches)
     blocks = max_b * -(-(max(contexts) + steps + 8) // BLOCK) + 16
     t0 = time.perf_counter()
@@ -141,6 +176,8 @@ async def bench_actorexec(model_dir: str, backend: str, eager: bool, batches: li
                                                  tok_s=batch / med)
                 print(f"  {backend}{' eager' if eager else ''} batch {batch} ctx {context}: "
                       f"{med * 1e3:.2f} ms", flush=True)
+        if profile and backend == "uni" and not eager:
+            out["graph_replay"] = graph_breakdown(executor, batches)
     del executor, driver  # free the in-process worker's weights and cache before the next run
     gc.collect()
     if torch.cuda.is_available():
@@ -156,6 +193,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=16384, help="prefill tokens per step")
     ap.add_argument("--runs", nargs="+", default=["uni", "mp", "uni-eager"])
     ap.add_argument("--out", default="benchmarks/results/decode_latency.json")
+    ap.add_argument("--profile", action="store_true",
+                    help="uni: time graph replays alone and list the top kernels")
     args = ap.parse_args()
     from torch_decode_baseline import TorchLlama, time_graph_step
 
@@ -184,7 +223,7 @@ def main() -> None:
             backend, _, mode = run.partition("-")
             results["actorexec"][run] = asyncio.run(bench_actorexec(
                 tmp, backend, mode == "eager", args.batches, args.contexts, args.steps,
-                args.budget))
+                args.budget, args.profile))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"\n{results['gpu']}, copy bandwidth {bw / 1e12:.2f} TB/s, {results['date']}")
