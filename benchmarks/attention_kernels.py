@@ -90,6 +90,39 @@ def time_eager(fn, reps: int = 5) -> float:
     return start.elapsed_time(end) / 1e3 / reps
 
 
+def bench_shape(batch: int, context: int, partition_specs: list[str], bandwidth: float,
+                gen: torch.Generator, with_reference: bool) -> list[dict]:
+    """One row per partition count for one (batch, context)."""
+    kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * DTYPE.itemsize
+    layers = max(1, min(32, int(LAYER_BUDGET_BYTES // kv_bytes)))
+    q, caches, table, seq_lens = make_inputs(batch, context, layers, gen)
+    scale = HEAD_DIM ** -0.5
+    ref_us = None
+    if with_reference:
+        meta = AttentionMetadata(
+            slot_mapping=torch.zeros(batch, dtype=torch.int64, device="cuda"),
+            block_table=table, seq_lens=seq_lens,
+            query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device="cuda"),
+            max_query_len=1, max_seq_len=context, is_decode=True)
+        ref_us = 1e6 * time_eager(lambda: reference_paged_attention(q, caches[0], meta, scale))
+    rows = []
+    for spec in partition_specs:
+        parts = default_num_partitions(batch, KV_HEADS, q.device) if spec == "auto" else int(spec)
+
+        def step(parts: int = parts) -> None:
+            for cache in caches:
+                decode_attention_triton(q, cache, table, seq_lens, scale, parts)
+
+        per_layer = time_graph(step) / layers
+        floor = kv_bytes / bandwidth
+        rows.append({"batch": batch, "context": context, "partitions": parts,
+                     "layers_timed": layers, "us_per_layer": per_layer * 1e6,
+                     "kv_bytes": kv_bytes, "achieved_tb_s": kv_bytes / per_layer / 1e12,
+                     "fraction_of_copy_bw": floor / per_layer, "floor_us": floor * 1e6,
+                     "reference_us": ref_us})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/attention_kernels.json")
@@ -104,45 +137,20 @@ def main() -> None:
 
     bandwidth = copy_bandwidth()
     gen = torch.Generator().manual_seed(0)
-    rows = []
+    rows: list[dict] = []
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     print(f"{'batch':>5} {'ctx':>5} {'parts':>5} {'us/layer':>9} {'KV MB':>8} {'TB/s':>6} "
           f"{'% copy':>6} {'floor us':>8} {'ref us':>8}")
     for batch in (int(b) for b in args.batches.split(",")):
         for context in (int(c) for c in args.contexts.split(",")):
-            kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * DTYPE.itemsize
-            layers = max(1, min(32, int(LAYER_BUDGET_BYTES // max(kv_bytes, 1))))
-            q, caches, table, seq_lens = make_inputs(batch, context, layers, gen)
-            scale = HEAD_DIM ** -0.5
-            ref_s = None
-            if not args.no_reference:
-                meta = AttentionMetadata(
-                    slot_mapping=torch.zeros(batch, dtype=torch.int64, device="cuda"),
-                    block_table=table, seq_lens=seq_lens,
-                    query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device="cuda"),
-                    max_query_len=1, max_seq_len=context, is_decode=True)
-                ref_s = time_eager(lambda: reference_paged_attention(q, caches[0], meta, scale))
-            for spec in args.partitions.split(","):
-                parts = (default_num_partitions(batch, KV_HEADS, q.device) if spec == "auto"
-                         else int(spec))
-
-                def step(parts: int = parts) -> None:
-                    for cache in caches:
-                        decode_attention_triton(q, cache, table, seq_lens, scale, parts)
-
-                per_layer = time_graph(step) / layers
-                floor = kv_bytes / bandwidth
-                row = {"batch": batch, "context": context, "partitions": parts,
-                       "layers_timed": layers, "us_per_layer": per_layer * 1e6,
-                       "kv_bytes": kv_bytes, "achieved_tb_s": kv_bytes / per_layer / 1e12,
-                       "fraction_of_copy_bw": floor / per_layer, "floor_us": floor * 1e6,
-                       "reference_us": ref_s * 1e6 if ref_s is not None else None}
+            for row in bench_shape(batch, context, args.partitions.split(","), bandwidth, gen,
+                                   not args.no_reference):
                 rows.append(row)
-                ref = f"{row['reference_us']:8.1f}" if ref_s is not None else f"{'-':>8}"
-                print(f"{batch:5d} {context:5d} {parts:5d} {row['us_per_layer']:9.1f} "
-                      f"{kv_bytes / 1e6:8.2f} {row['achieved_tb_s']:6.2f} "
-                      f"{100 * row['fraction_of_copy_bw']:5.0f}% {row['floor_us']:8.1f} {ref}")
-            del caches
+                ref = row["reference_us"]
+                print(f"{batch:5d} {context:5d} {row['partitions']:5d} "
+                      f"{row['us_per_layer']:9.1f} {row['kv_bytes'] / 1e6:8.2f} "
+                      f"{row['achieved_tb_s']:6.2f} {100 * row['fraction_of_copy_bw']:5.0f}% "
+                      f"{row['floor_us']:8.1f} {f'{ref:8.1f}' if ref is not None else '-':>8}")
             torch.cuda.empty_cache()
     result = {"device": torch.cuda.get_device_name(), "host": platform.node(),
               "torch": torch.__version__, "copy_bandwidth_bytes_s": bandwidth,
