@@ -28,6 +28,7 @@ from actorexec.protocol.sampling import SamplingParams
 # Float sampling columns kept per row (gathered per step only when a feature is in use).
 FLOAT_PARAMS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                 "frequency_penalty")
+INT_PARAMS = ("top_k", "seed", "seeded", "prompt_len")
 
 
 class StagingRing:
@@ -78,8 +79,9 @@ class RequestRows:
         self.block_table = torch.zeros(max_reqs, max_blocks, dtype=torch.int32, device=device)
         self.float_params = torch.zeros(len(FLOAT_PARAMS), max_reqs, dtype=torch.float32,
                                         device=device)
-        self.top_k = torch.zeros(max_reqs, dtype=torch.int64, device=device)
-        self.seeds = torch.zeros(max_reqs, dtype=torch.int64, device=device)
+        # Integer columns: top_k (<= 0: all tokens), seed, seeded (0/1), prompt length.
+        self.int_params = torch.zeros(len(INT_PARAMS), max_reqs, dtype=torch.int64,
+                                      device=device)
         self._free = list(range(max_reqs - 1, -1, -1))
         self.row_of: dict[str, int] = {}
         # Pending writes: flat indices and values, applied by flush().
@@ -89,12 +91,12 @@ class RequestRows:
         self._blk_val: list[int] = []
         self._param_rows: list[int] = []
         self._param_vals: list[list[float]] = []
-        self._param_ints: list[tuple[int, int]] = []
+        self._param_ints: list[list[int]] = []
         self._staging = StagingRing(4096, torch.int64, device)
         self._fstaging = StagingRing(256, torch.float32, device)
 
     # ---- rows -------------------------------------------------------------------------
-    def add(self, req_id: str, params: SamplingParams, vocab_size: int) -> int:
+    def add(self, req_id: str, params: SamplingParams, prompt_len: int) -> int:
         if not self._free:
             raise InvalidRequestError(f"no free request row for {req_id!r}: more than "
                                       f"max_num_seqs={self.max_reqs} requests are live")
@@ -102,8 +104,9 @@ class RequestRows:
         self.row_of[req_id] = row
         self._param_rows.append(row)
         self._param_vals.append([float(getattr(params, name)) for name in FLOAT_PARAMS])
-        top_k = params.top_k if params.top_k is not None and params.top_k > 0 else vocab_size
-        self._param_ints.append((min(top_k, vocab_size), params.seed or 0))
+        seed = params.seed or 0
+        self._param_ints.append([params.top_k or 0, (seed + 2**63) % 2**64 - 2**63,
+                                 int(params.seed is not None), prompt_len])
         return row
 
     def remove(self, req_id: str) -> None:
@@ -140,10 +143,11 @@ class RequestRows:
         nt, nb, npr = len(self._tok_idx), len(self._blk_idx), len(self._param_rows)
         if not (nt or nb or npr):
             return
-        total = 2 * nt + 2 * nb + 3 * npr
+        ni = len(INT_PARAMS)
+        total = 2 * nt + 2 * nb + npr + ni * npr
         host, slot = self._staging.take(total)
         fields = (self._tok_idx, self._tok_val, self._blk_idx, self._blk_val, self._param_rows,
-                  [k for k, _ in self._param_ints], [s for _, s in self._param_ints])
+                  [v for ints in self._param_ints for v in ints])
         offset = 0
         for values in fields:
             n = len(values)
@@ -158,7 +162,7 @@ class RequestRows:
         fdev = _upload(fhost[: npr * len(FLOAT_PARAMS)], self.device, copy_stream) if npr else None
         self._staging.copied(slot, copy_stream)
         self._fstaging.copied(fslot, copy_stream)
-        parts = dev.split([nt, nt, nb, nb, npr, npr, npr])
+        parts = dev.split([nt, nt, nb, nb, npr, ni * npr])
         if nt:
             self.token_ids.view(-1).index_copy_(0, parts[0], parts[1].to(torch.int32))
         if nb:
@@ -167,8 +171,7 @@ class RequestRows:
             rows = parts[4]
             assert fdev is not None
             self.float_params.index_copy_(1, rows, fdev.view(npr, len(FLOAT_PARAMS)).t())
-            self.top_k.index_copy_(0, rows, parts[5])
-            self.seeds.index_copy_(0, rows, parts[6])
+            self.int_params.index_copy_(1, rows, parts[5].view(npr, ni).t())
         for pending in (self._tok_idx, self._tok_val, self._blk_idx, self._blk_val,
                         self._param_rows, self._param_vals, self._param_ints):
             pending.clear()
@@ -188,3 +191,10 @@ def _upload(host: torch.Tensor, device: torch.device,
     compute.wait_stream(copy_stream)
     dev.record_stream(compute)  # allocated on the copy stream, used on the compute stream
     return dev
+
+
+def upload_ints(values: list[int], device: torch.device,
+                copy_stream: torch.cuda.Stream | None) -> torch.Tensor:
+    """A small int64 list to the device through pinned memory (no pageable-copy sync)."""
+    host = torch.tensor(values, dtype=torch.int64, pin_memory=device.type == "cuda")
+    return _upload(host, device, copy_stream)

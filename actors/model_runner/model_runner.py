@@ -32,7 +32,8 @@ from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
 from actorexec.actors.model_runner.pipeline import StageLink
 from actorexec.actors.model_runner.request_state import CachedRequestState
-from actorexec.actors.model_runner.sampler import Sampler, SamplingMetadata
+from actorexec.actors.model_runner.sampler import Sampler, SamplerOutput
+from actorexec.actors.model_runner.sampling_inputs import gather_sampling_tensors
 from actorexec.actors.model_runner.step_output import PendingOutput, copy_to_host
 from actorexec.actors.model_runner.step_reader import (
     RunnerLimits,
@@ -196,7 +197,7 @@ class ModelRunner:
     def _apply_diff(self, plan: StepPlan) -> None:
         """Host records (``apply_step``) and queued device-row writes (flushed before the
         forward). The row budget is checked first, so a refused step changes nothing."""
-        rows, vocab = self.rows, self.hf_config.vocab_size
+        rows = self.rows
         gone = [r for r in plan.finished_req_ids if r in self.requests]
         added = sum(1 for rec in plan.requests if rec.is_new)
         if len(self.requests) - len(gone) + added > rows.max_reqs:
@@ -212,7 +213,8 @@ class ModelRunner:
         for rec in plan.requests:
             if rec.new is not None:
                 state = self.requests[rec.req_id]
-                row = rows.add(rec.req_id, rec.new.sampling_params, vocab)
+                row = rows.add(rec.req_id, rec.new.sampling_params,
+                               len(state.prompt_token_ids))
                 rows.write_tokens(row, 0, state.prompt_token_ids + state.output_token_ids)
                 rows.write_blocks(row, 0, state.block_ids)
             else:
@@ -271,28 +273,33 @@ class ModelRunner:
         return out
 
     def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor) -> PendingOutput:
+        """Samples every row on the device (no host sync); ids (and logprobs) go to pinned
+        host memory on the side stream. Rows still mid-prefill are sampled but not reported."""
         rows = [i for i, s in enumerate(inputs.samples) if s]
-        states = [self.requests[inputs.req_ids[i]] for i in rows]
-        params = [s.sampling_params for s in states]
-        if all(p.greedy and p.logprobs is None and p.min_tokens == 0
-               and p.repetition_penalty == 1.0 and not p.presence_penalty
-               and not p.frequency_penalty for p in params):
-            # The common fast path: no host sync; ids travel on the side stream.
-            tokens = logits.argmax(-1)                                     # [R]
-            host, event = copy_to_host(tokens, self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host, event)
-        sampled: list[list[int]] = [[] for _ in inputs.req_ids]
-        logprobs: dict[str, list[TokenLogprobs]] = {}
-        if rows:
-            md = SamplingMetadata.from_states(states, self.hf_config.vocab_size, self.device)
-            tokens_list, lps = self.sampler(logits[rows], md)
-            for j, i in enumerate(rows):
-                sampled[i] = [tokens_list[j]]
-                if lps[j] is not None:
-                    logprobs[inputs.req_ids[i]] = lps[j]
-        return PendingOutput.ready(ModelRunnerOutput(
-            step_id=step_id, req_ids=inputs.req_ids, sampled_token_ids=sampled,
-            logprobs=logprobs))
+        if not rows:
+            return PendingOutput.ready(ModelRunnerOutput(
+                step_id=step_id, req_ids=inputs.req_ids,
+                sampled_token_ids=[[] for _ in inputs.req_ids]))
+        states = [self.requests[r] for r in inputs.req_ids]
+        tensors = gather_sampling_tensors(self.rows, inputs, states, self.hf_config,
+                                          self.copy_stream)
+        if tensors is None:  # all greedy, nothing else asked: one argmax
+            host, event = copy_to_host([logits.argmax(-1)], self.d2h_stream)
+            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
+        out = self.sampler.sample(logits, tensors)
+        if out.logprobs is None:
+            host, event = copy_to_host([out.sampled], self.d2h_stream)
+            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
+        assert out.logprob_token_ids is not None and out.sampled_ranks is not None
+        host, event = copy_to_host([out.sampled, out.logprob_token_ids, out.logprobs,
+                                    out.sampled_ranks], self.d2h_stream)
+        wanted = [s.sampling_params.logprobs for s in states]
+
+        def logprobs() -> dict[str, list[TokenLogprobs]]:
+            lists = SamplerOutput(*host).to_lists(wanted)[1]
+            return {inputs.req_ids[i]: lists[i] for i in rows if lists[i] is not None}
+
+        return PendingOutput(step_id, inputs.req_ids, rows, host[0], event, logprobs)
 
     @torch.inference_mode()
     def _run_dummy(self, num_tokens: int) -> None:

@@ -60,22 +60,25 @@ class PendingOutput:
         return self._result
 
 
-def copy_to_host(tensor: torch.Tensor, side_stream: torch.cuda.Stream | None
-                 ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """Queues ``tensor`` -> pinned host memory on ``side_stream``; returns (host, done event).
+def copy_to_host(tensors: list[torch.Tensor], side_stream: torch.cuda.Stream | None
+                 ) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Queues each tensor -> pinned host memory on ``side_stream``; returns (hosts, event).
 
-    The side stream waits for the compute stream's work so far (the tensor's
-    producer), so the compute stream is free to take the next step.
+    The side stream waits for the compute stream's work so far (the tensors'
+    producer), so the compute stream is free to take the next step; one event
+    follows the last copy.
     """
-    if not tensor.is_cuda:
-        return tensor, None
+    if not tensors[0].is_cuda:
+        return tensors, None
     assert side_stream is not None
-    compute = torch.cuda.current_stream(tensor.device)
+    compute = torch.cuda.current_stream(tensors[0].device)
     side_stream.wait_stream(compute)
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
     with torch.cuda.stream(side_stream):
-        host.copy_(tensor, non_blocking=True)
+        for host, tensor in zip(hosts, tensors, strict=True):
+            host.copy_(tensor, non_blocking=True)
         event = torch.cuda.Event()
         event.record(side_stream)
-    tensor.record_stream(side_stream)
-    return host, event
+    for tensor in tensors:
+        tensor.record_stream(side_stream)
+    return hosts, event

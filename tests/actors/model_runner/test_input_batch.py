@@ -14,7 +14,7 @@ CPU = torch.device("cpu")
 def _rows_with(requests: dict[str, tuple[list[int], list[int]]]) -> RequestRows:
     rows = RequestRows(max_reqs=4, max_model_len=16, max_blocks=4, device=CPU)
     for req_id, (tokens, blocks) in requests.items():
-        row = rows.add(req_id, SamplingParams(), vocab_size=100)
+        row = rows.add(req_id, SamplingParams(), prompt_len=len(tokens))
         rows.write_tokens(row, 0, tokens)
         rows.write_blocks(row, 0, blocks)
     rows.flush(None)
@@ -56,7 +56,7 @@ def test_rows_are_reused_after_a_request_leaves():
     rows = _rows_with({"a": ([1], [0])})
     first = rows.row_of["a"]
     rows.remove("a")
-    assert rows.add("b", SamplingParams(top_k=3, temperature=0.5), vocab_size=100) == first
+    assert rows.add("b", SamplingParams(top_k=3, temperature=0.5, seed=9), prompt_len=4) == first
     rows.flush(None)
-    assert rows.top_k[first].item() == 3
+    assert rows.int_params[:, first].tolist() == [3, 9, 1, 4]
     assert rows.float_params[0, first].item() == 0.5
