@@ -88,7 +88,15 @@ CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
     "empty request id": (_with_new(_new(req_id=""), 3), "printable string"),
     "control characters in request id": (_with_new(_new(req_id="a\nb"), 3), "printable"),
     "fractional token count": (_fractional_token_count, "with no tokens"),
+    "valid new request, bad cached diff": (
+        lambda so: _token_outside_vocab(_with_new(_new(), 3)(so)), "outside the vocabulary"),
 }
+
+
+def _snapshot(sim: SimScheduler) -> dict[str, tuple]:
+    return {rid: (list(s.prompt_token_ids), list(s.output_token_ids), list(s.block_ids),
+                  s.num_computed_tokens, s.num_scheduled_tokens)
+            for rid, s in sim.runner.requests.items()}
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +114,10 @@ def test_bad_step_raises_and_next_valid_step_is_correct(checkpoints, reference, 
     sim.step()
     sim.step()  # both decoding: the next step carries cached diffs
     so = sim.schedule()
+    before = _snapshot(sim)
     with pytest.raises(InvalidRequestError, match=message):
         sim.runner.execute_model(corrupt(so))
+    assert _snapshot(sim) == before     # the whole step was refused: nothing changed
     out = sim.runner.execute_model(so)  # the valid step, against untouched state
     assert out is not None
     sim.update(so, out)
