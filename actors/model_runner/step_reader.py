@@ -178,7 +178,7 @@ def _read_cached(c: CachedRequestData, states: Mapping[str, CachedRequestState],
             raise _fail(f"unknown request {req_id!r} (never added or finished)")
         _check_ids(req_id, "new token ids", tokens, vocab, VOCAB)
         _check_ids(req_id, "block ids", blocks, num_blocks, CACHE)
-        expected = state.num_computed_tokens + state.num_scheduled_tokens
+        expected = state.next_start
         if start != expected or type(start) is not int:
             raise _fail(f"request {req_id!r}: num_computed_tokens={start!r} but its steps so "
                         f"far ran tokens [0, {expected}): a step must start where the last "
