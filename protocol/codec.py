@@ -62,7 +62,11 @@ def _is_tensor(obj: object) -> bool:
 
 
 class PayloadEncoder:
-    """Encodes one value to ``[payload, *tensor_buffers]``; tensors go zero-copy out-of-band."""
+    """Encodes one value to ``[payload, *tensor_buffers]``; tensors go out-of-band.
+
+    A contiguous CPU tensor's bytes are sent without a copy; any other tensor
+    is first copied once (to the CPU, or into contiguous memory).
+    """
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder(enc_hook=self._enc_hook)

@@ -69,7 +69,3 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
         check_float(own, "frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
         if self.logprobs is not None:
             check_int(own, "logprobs", self.logprobs, 0, MAX_LOGPROBS)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0

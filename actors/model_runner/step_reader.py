@@ -13,17 +13,19 @@ Cost: one pass over the step's ids; token ids are range-checked one by one
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.protocol.errors import InvalidRequestError
 from actorexec.protocol.sampling import SamplingParams
-from actorexec.protocol.scheduler_output import NewRequestData, SchedulerOutput
+from actorexec.protocol.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 
 MAX_REQ_ID_LEN = 256
+VOCAB, CACHE = "the vocabulary", "the KV cache"  # the ranges ids are checked against
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,12 @@ class RunnerLimits:
         return -(-self.max_model_len // self.block_size)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestStep:
-    """One request's part of a step, validated: what its state gains and what it runs."""
+class RequestStep(NamedTuple):
+    """One request's part of a step, validated: what its state gains and what it runs.
+
+    A NamedTuple: immutable and built in ~0.2 us (a frozen dataclass takes ~0.75 us,
+    which is 48 us of a 64-request decode step).
+    """
 
     req_id: str
     new: NewRequestData | None       # the whole request, the step it is first scheduled
@@ -108,57 +113,79 @@ def _check_ids(req_id: str, what: str, ids: object, limit: int, where: str) -> l
     """``ids`` must be a list of ints in ``[0, limit)``; ``where`` names that range."""
     if type(ids) is not list:
         raise _fail(f"request {req_id!r}: {what} must be a list, got {type(ids).__name__}")
-    bad = [t for t in ids if type(t) is not int or not 0 <= t < limit]
-    if bad:
-        raise _fail(f"request {req_id!r}: {what} {bad[:4]} outside {where} [0, {limit})")
+    for t in ids:  # a loop, not a comprehension: no allocation for the usual 0 or 1 ids
+        if type(t) is not int or not 0 <= t < limit:
+            bad = [t for t in ids if type(t) is not int or not 0 <= t < limit]
+            raise _fail(f"request {req_id!r}: {what} {bad[:4]} outside {where} [0, {limit})")
     return ids
 
 
-def _check_tokens(req_id: str, what: str, ids: object, limits: RunnerLimits) -> list[int]:
-    return _check_ids(req_id, what, ids, limits.vocab_size, "the vocabulary")
+def _record(req_id: str, new: NewRequestData | None, tokens: list[int], blocks: list[int],
+            start: int, num_scheduled: int, num_tokens: int, num_blocks: int,
+            limits: RunnerLimits) -> RequestStep:
+    """The record, once the tokens it runs are known to exist and fit its blocks."""
+    end = start + num_scheduled
+    if end > num_tokens:
+        raise _fail(f"request {req_id!r}: tokens [{start}, {end}) scheduled but it has only "
+                    f"{num_tokens} tokens")
+    if end > num_blocks * limits.block_size:
+        raise _fail(f"request {req_id!r}: {end} tokens need {-(-end // limits.block_size)} "
+                    f"blocks, it has {num_blocks}")
+    if num_blocks > limits.max_blocks_per_req:
+        raise _fail(f"request {req_id!r}: {num_blocks} blocks exceed what max_model_len "
+                    f"{limits.max_model_len} needs")
+    if end > limits.max_model_len:
+        raise _fail(f"request {req_id!r}: {end} tokens exceed max_model_len "
+                    f"{limits.max_model_len}")
+    return RequestStep(req_id, new, tokens, blocks, start, num_scheduled, num_tokens)
 
 
-def _check_blocks(req_id: str, ids: object, limits: RunnerLimits) -> list[int]:
-    return _check_ids(req_id, "block ids", ids, limits.num_blocks, "the KV cache")
-
-
-def _read_new(new: NewRequestData, states: Mapping[str, CachedRequestState],
-              finished: set[str], limits: RunnerLimits, num_scheduled: int) -> RequestStep:
+def _read_new(new: object, states: Mapping[str, CachedRequestState], finished: set[str],
+              limits: RunnerLimits, count: Callable[[object], int]) -> RequestStep:
+    if not isinstance(new, NewRequestData):
+        raise _fail(f"scheduled_new_reqs holds a {type(new).__name__}, not NewRequestData")
     req_id = new.req_id
+    num_scheduled = count(req_id)
     if req_id in states and req_id not in finished:
         raise _fail(f"request {req_id!r} is added but already exists")
-    prompt = _check_tokens(req_id, "prompt token ids", new.prompt_token_ids, limits)
+    vocab = limits.vocab_size
+    prompt = _check_ids(req_id, "prompt token ids", new.prompt_token_ids, vocab, VOCAB)
     if not prompt:
         raise _fail(f"request {req_id!r} has an empty prompt")
-    output = _check_tokens(req_id, "output token ids", new.output_token_ids, limits)
-    blocks = _check_blocks(req_id, new.block_ids, limits)
+    output = _check_ids(req_id, "output token ids", new.output_token_ids, vocab, VOCAB)
+    blocks = _check_ids(req_id, "block ids", new.block_ids, limits.num_blocks, CACHE)
     params = new.sampling_params
     if not isinstance(params, SamplingParams):
         raise _fail(f"request {req_id!r}: sampling_params is a {type(params).__name__}")
-    _check_tokens(req_id, "stop_token_ids", list(params.stop_token_ids), limits)
+    _check_ids(req_id, "stop_token_ids", list(params.stop_token_ids), vocab, VOCAB)
     if new.num_computed_tokens != 0:
         raise _fail(f"request {req_id!r} is new but num_computed_tokens="
                     f"{new.num_computed_tokens!r}: a new request has no K/V yet (no prefix "
                     "cache), so it starts at 0")
-    return RequestStep(req_id, new, prompt + output, blocks, 0, num_scheduled,
-                       len(prompt) + len(output))
+    return _record(req_id, new, prompt + output if output else prompt, blocks, 0,
+                   num_scheduled, len(prompt) + len(output), len(blocks), limits)
 
 
-def _read_cached(so: SchedulerOutput, i: int, states: Mapping[str, CachedRequestState],
-                 finished: set[str], limits: RunnerLimits, num_scheduled: int) -> RequestStep:
-    c = so.scheduled_cached_reqs
-    req_id = c.req_ids[i]
-    state = states.get(req_id)
-    if state is None or req_id in finished:
-        raise _fail(f"unknown request {req_id!r} (never added or finished)")
-    tokens = _check_tokens(req_id, "new token ids", c.new_token_ids[i], limits)
-    blocks = _check_blocks(req_id, c.new_block_ids[i], limits)
-    start = c.num_computed_tokens[i]
-    if start != state.next_start or type(start) is not int:
-        raise _fail(f"request {req_id!r}: num_computed_tokens={start!r} but its steps so far "
-                    f"ran tokens [0, {state.next_start}): a step must start where the last ended")
-    return RequestStep(req_id, None, tokens, blocks, start, num_scheduled,
-                       state.num_tokens + len(tokens))
+def _read_cached(c: CachedRequestData, states: Mapping[str, CachedRequestState],
+                 finished: set[str], limits: RunnerLimits, count: Callable[[object], int]
+                 ) -> Iterator[RequestStep]:
+    vocab, num_blocks = limits.vocab_size, limits.num_blocks
+    for req_id, tokens, blocks, start in zip(c.req_ids, c.new_token_ids, c.new_block_ids,
+                                             c.num_computed_tokens, strict=True):
+        num_scheduled = count(req_id)
+        state = states.get(req_id)
+        if state is None or req_id in finished:
+            raise _fail(f"unknown request {req_id!r} (never added or finished)")
+        _check_ids(req_id, "new token ids", tokens, vocab, VOCAB)
+        _check_ids(req_id, "block ids", blocks, num_blocks, CACHE)
+        expected = state.next_start
+        if start != expected or type(start) is not int:
+            raise _fail(f"request {req_id!r}: num_computed_tokens={start!r} but its steps so "
+                        f"far ran tokens [0, {expected}): a step must start where the last "
+                        "ended")
+        yield _record(req_id, None, tokens, blocks, start, num_scheduled,
+                      len(state.prompt_token_ids) + len(state.output_token_ids) + len(tokens),
+                      len(state.block_ids) + len(blocks), limits)
 
 
 def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
@@ -167,15 +194,15 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
     describing the first inconsistency found. Changes nothing."""
     if not isinstance(so, SchedulerOutput):
         raise _fail(f"execute_model takes a SchedulerOutput, got {type(so).__name__}")
+    step_id = _check_int("step_id", so.step_id, -(2**63), 2**63 - 1)
     finished = {_check_req_id(r) for r in so.finished_req_ids}
     counts = so.num_scheduled_tokens
     if type(counts) is not dict:
         raise _fail("num_scheduled_tokens must be a dict of request id -> token count")
     c = so.scheduled_cached_reqs
-    n = c.num_reqs
-    if any(len(x) != n for x in (c.new_token_ids, c.new_block_ids, c.num_computed_tokens)):
+    if any(len(x) != c.num_reqs for x in (c.new_token_ids, c.new_block_ids,
+                                           c.num_computed_tokens)):
         raise _fail("CachedRequestData lists differ in length")
-    records: list[RequestStep] = []
     seen: set[str] = set()
 
     def count(req_id: object) -> int:
@@ -190,14 +217,8 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
                         f"(num_scheduled_tokens={num!r})")
         return num
 
-    for new in so.scheduled_new_reqs:
-        if not isinstance(new, NewRequestData):
-            raise _fail(f"scheduled_new_reqs holds a {type(new).__name__}, not NewRequestData")
-        records.append(_read_new(new, states, finished, limits, count(new.req_id)))
-    for i, req_id in enumerate(c.req_ids):
-        records.append(_read_cached(so, i, states, finished, limits, count(req_id)))
-    for rec in records:
-        _check_fits(rec, states, limits)
+    records = [_read_new(new, states, finished, limits, count) for new in so.scheduled_new_reqs]
+    records += _read_cached(c, states, finished, limits, count)
     if len(counts) != len(records):
         unknown = sorted(str(r) for r in counts.keys() - seen)
         raise _fail(f"tokens scheduled for requests {unknown} that are neither new nor cached "
@@ -207,27 +228,7 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
     if total > limits.max_num_tokens or len(records) > limits.max_num_reqs:
         raise _fail(f"step of {total} tokens / {len(records)} requests exceeds the runner's "
                     f"{limits.max_num_tokens} tokens / {limits.max_num_reqs} requests")
-    return StepPlan(_check_int("step_id", so.step_id, -(2**63), 2**63 - 1), records,
-                    list(so.finished_req_ids))
-
-
-def _check_fits(rec: RequestStep, states: Mapping[str, CachedRequestState],
-                limits: RunnerLimits) -> None:
-    """The tokens it runs exist, fit its blocks and max_model_len."""
-    req_id, end = rec.req_id, rec.end
-    if end > rec.num_tokens:
-        raise _fail(f"request {req_id!r}: tokens [{rec.num_computed_tokens}, {end}) scheduled "
-                    f"but it has only {rec.num_tokens} tokens")
-    num_blocks = len(rec.new_block_ids) + (0 if rec.is_new else len(states[req_id].block_ids))
-    if end > num_blocks * limits.block_size:
-        raise _fail(f"request {req_id!r}: {end} tokens need {-(-end // limits.block_size)} "
-                    f"blocks, it has {num_blocks}")
-    if num_blocks > limits.max_blocks_per_req:
-        raise _fail(f"request {req_id!r}: {num_blocks} blocks exceed what max_model_len "
-                    f"{limits.max_model_len} needs")
-    if end > limits.max_model_len:
-        raise _fail(f"request {req_id!r}: {end} tokens exceed max_model_len "
-                    f"{limits.max_model_len}")
+    return StepPlan(step_id, records, list(so.finished_req_ids))
 
 
 def _check_blocks_unshared(records: list[RequestStep]) -> None:

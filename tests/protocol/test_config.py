@@ -1,5 +1,7 @@
 """Configs are frozen, validated at construction, and survive the wire unchanged."""
 
+import math
+
 import msgspec
 import pytest
 
@@ -78,7 +80,42 @@ def test_wire_config_names_an_executor_class_by_import_path() -> None:
 @pytest.mark.parametrize("kwargs", [
     {"temperature": -1.0}, {"top_k": -2}, {"top_p": 0.0}, {"min_p": 1.5}, {"max_tokens": 0},
     {"repetition_penalty": 0.0}, {"logprobs": 99}, {"min_tokens": 5, "max_tokens": 2},
+    # Issue 8, defect 7: each of these was accepted and failed (or sampled NaN) later.
+    {"top_k": 2**63}, {"seed": 2**64}, {"temperature": math.nan}, {"presence_penalty": math.nan},
+    {"frequency_penalty": math.inf}, {"repetition_penalty": math.nan}, {"temperature": math.inf},
+    {"top_p": math.nan}, {"frequency_penalty": 2.5}, {"max_tokens": 2**40},
+    {"stop_token_ids": (-1,)}, {"stop_token_ids": (2**31,)}, {"top_k": 1.5},
+    {"ignore_eos": "yes"}, {"logprobs": True}, {"temperature": 10**400},
 ])
 def test_bad_sampling_params_raise(kwargs) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="SamplingParams"):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, None])
+def test_top_k_zero_minus_one_and_none_all_mean_every_token(top_k) -> None:
+    """Issue 8, defect 10: vLLM documents 0 and -1 as "consider all tokens"."""
+    params = SamplingParams(top_k=top_k, seed=3)
+    assert params.top_k is None and params == SamplingParams(seed=3)
+    raw = msgspec.msgpack.encode({"top_k": top_k})
+    assert msgspec.msgpack.decode(raw, type=SamplingParams).top_k is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ModelConfig(model="/m", max_model_len=2.5),
+    lambda: ModelConfig(model="/m", seed=2**64),
+    lambda: ModelConfig(model="/m", enforce_eager="no"),
+    lambda: CacheConfig(gpu_memory_utilization=math.nan),
+    lambda: CacheConfig(num_blocks_override=2**40),
+    lambda: ParallelConfig(worker_start_timeout_s=math.nan),
+    lambda: ParallelConfig(worker_start_timeout_s=math.inf),
+    lambda: ParallelConfig(host="127.0.0.1\n"),
+    lambda: ParallelConfig(pipeline_parallel_size=2, pipeline_layer_split=(1.5, 2)),
+    lambda: SchedulerConfig(max_num_seqs=True),
+    lambda: SchedulerConfig(max_num_batched_tokens=math.nan),
+    lambda: Config(model=ModelConfig(model="/m"), profile_dir=""),
+])
+def test_out_of_range_config_values_raise(make) -> None:
+    """Issue 8, defect 7: NaN timeouts, fractional counts and the like were accepted."""
+    with pytest.raises(ConfigError):
+        make()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from actorexec.protocol import InvalidRequestError, NewRequestData, SchedulerOutput
+from actorexec.protocol import InvalidRequestError, NewRequestData, SamplingParams, SchedulerOutput
 from tests.actors.model_runner.sim_scheduler import GREEDY, SimScheduler, make_runner
 
 replace = msgspec.structs.replace
@@ -47,13 +47,56 @@ def _duplicate_new_request(so: SchedulerOutput) -> SchedulerOutput:
     return replace(so, scheduled_new_reqs=[dup])
 
 
+def _with_new(req: NewRequestData, num_tokens: int) -> Callable[[SchedulerOutput],
+                                                                  SchedulerOutput]:
+    """Adds ``req`` (running ``num_tokens``) to a step that is otherwise valid."""
+    def corrupt(so: SchedulerOutput) -> SchedulerOutput:
+        return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, req],
+                       num_scheduled_tokens={**so.num_scheduled_tokens, req.req_id: num_tokens})
+    return corrupt
+
+
+def _new(req_id: str = "z", blocks: tuple[int, ...] = (60,), computed: int = 0,
+         params: SamplingParams = GREEDY) -> NewRequestData:
+    return NewRequestData(req_id=req_id, prompt_token_ids=[1, 2, 3], sampling_params=params,
+                          block_ids=list(blocks), num_computed_tokens=computed)
+
+
+def _cached_going_back(so: SchedulerOutput) -> SchedulerOutput:
+    c = so.scheduled_cached_reqs
+    return replace(so, scheduled_cached_reqs=replace(
+        c, num_computed_tokens=[c.num_computed_tokens[0] - 1, *c.num_computed_tokens[1:]]))
+
+
+def _fractional_token_count(so: SchedulerOutput) -> SchedulerOutput:
+    first = so.scheduled_cached_reqs.req_ids[0]
+    return replace(so, num_scheduled_tokens={**so.num_scheduled_tokens, first: 1.5})
+
+
 CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
     "unknown request": (_unknown_request, "unknown request 'ghost'"),
     "token outside vocab": (_token_outside_vocab, "outside the vocabulary"),
     "block outside cache": (_block_outside_cache, "outside the KV cache"),
     "too many tokens for blocks": (_too_many_tokens_for_blocks, "blocks, it has 1"),
     "duplicate new request": (_duplicate_new_request, "already exists"),
+    # Regressions (issue 8, defect 7): each of these was accepted before.
+    "new request starting past 0": (_with_new(_new(computed=2), 1), "starts at 0"),
+    "cached request going back": (_cached_going_back, "must start where the last ended"),
+    "stop id outside vocab": (_with_new(_new(params=SamplingParams(stop_token_ids=(10_000,))),
+                                        3), "stop_token_ids"),
+    "block given twice": (_with_new(_new(blocks=(60, 60)), 3), "given out twice"),
+    "empty request id": (_with_new(_new(req_id=""), 3), "printable string"),
+    "control characters in request id": (_with_new(_new(req_id="a\nb"), 3), "printable"),
+    "fractional token count": (_fractional_token_count, "with no tokens"),
+    "valid new request, bad cached diff": (
+        lambda so: _token_outside_vocab(_with_new(_new(), 3)(so)), "outside the vocabulary"),
 }
+
+
+def _snapshot(sim: SimScheduler) -> dict[str, tuple]:
+    return {rid: (list(s.prompt_token_ids), list(s.output_token_ids), list(s.block_ids),
+                  s.num_computed_tokens, s.num_scheduled_tokens)
+            for rid, s in sim.runner.requests.items()}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +114,47 @@ def test_bad_step_raises_and_next_valid_step_is_correct(checkpoints, reference, 
     sim.step()
     sim.step()  # both decoding: the next step carries cached diffs
     so = sim.schedule()
+    before = _snapshot(sim)
     with pytest.raises(InvalidRequestError, match=message):
         sim.runner.execute_model(corrupt(so))
+    assert _snapshot(sim) == before     # the whole step was refused: nothing changed
     out = sim.runner.execute_model(so)  # the valid step, against untouched state
     assert out is not None
     sim.update(so, out)
     assert sim.run() == reference
+
+
+def test_a_step_that_skips_ahead_inside_a_prompt_is_refused(checkpoints):
+    """Issue 8, defect 7: skipping [4, 6) of a prompt left its K/V unwritten (wrong tokens)."""
+    prompt = list(range(1, 11))
+    expected = SimScheduler(make_runner(checkpoints["llama"])).run({0: [("p", prompt, 4)]})
+    sim = SimScheduler(make_runner(checkpoints["llama"]), token_budget=4)
+    sim.add("p", prompt, max_tokens=4)
+    sim.step()                                   # prefill chunk [0, 4)
+    so = sim.schedule()                          # next chunk [4, 8)
+    c = so.scheduled_cached_reqs
+    assert c.num_computed_tokens == [4]
+    skipped = replace(so, scheduled_cached_reqs=replace(c, num_computed_tokens=[6]))
+    with pytest.raises(InvalidRequestError, match="must start where the last ended"):
+        sim.runner.execute_model(skipped)        # would run [6, 10) and sample
+    out = sim.runner.execute_model(so)
+    assert out is not None
+    sim.update(so, out)
+    assert sim.run() == expected
+
+
+def test_sampling_params_at_the_edge_of_their_ranges_run(checkpoints):
+    """The bounds SamplingParams accepts are ones the sampler can hold (no late failure)."""
+    edge = [SamplingParams(top_k=2**31 - 1, seed=2**63 - 1, temperature=1e-30, logprobs=20,
+                           max_tokens=2**31 - 1, presence_penalty=2.0, frequency_penalty=-2.0,
+                           stop_token_ids=(127,)),
+            SamplingParams(top_k=-1, seed=-(2**63), top_p=1e-9, min_p=1.0,
+                           repetition_penalty=1e-3),
+            SamplingParams(top_k=0, temperature=1e6)]
+    sim = SimScheduler(make_runner(checkpoints["llama"]))
+    for i, params in enumerate(edge):
+        sim.add(f"e{i}", [1, 5, 9], params, max_tokens=3)
+    outputs = sim.run()
+    assert sorted(outputs) == ["e0", "e1", "e2"]
+    assert all(len(tokens) == 3 and all(0 <= t < 128 for t in tokens)
+               for tokens in outputs.values())
