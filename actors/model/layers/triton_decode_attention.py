@@ -176,6 +176,10 @@ def decode_attention_triton(q: torch.Tensor, kv_cache: torch.Tensor, block_table
     """
     num_reqs, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    if seq_lens.shape[0] != num_reqs or q.dtype != kv_cache.dtype:
+        raise ValueError(f"decode attention needs one query per request and q in the cache's "
+                         f"dtype: q {tuple(q.shape)} {q.dtype}, {seq_lens.shape[0]} requests, "
+                         f"cache {kv_cache.dtype}")
     group = num_heads // num_kv_heads
     parts = num_partitions or default_num_partitions(num_reqs, num_kv_heads, q.device)
     parts = max(1, min(parts, MAX_PARTITIONS))
