@@ -44,7 +44,9 @@ class SamplingTensors:
     seeds: torch.Tensor              # [R] int64; read only where ``seeded``
     seeded: torch.Tensor             # [R] bool
     positions: torch.Tensor          # [R] int64: sequence index of the token being sampled
-    token_history: torch.Tensor | None = None     # [R, L] int64 prompt + output ids, -1 pad
+    #   (= prompt + output tokens so far = the row's seq_len after this step)
+    token_history: torch.Tensor | None = None     # [R, L] int64 prompt + output ids; only
+    #   entries before positions[r] count (the rest may hold anything; -1 also skipped)
     prompt_lens: torch.Tensor | None = None       # [R] int64 (with token_history)
     banned_token_ids: torch.Tensor | None = None  # [R, B] int64, -1 pad (min_tokens)
     all_greedy: bool = False
@@ -109,7 +111,7 @@ class Sampler:
         raw_logprobs = logits.log_softmax(-1) if t.max_num_logprobs is not None else None
         if t.any_penalty:
             assert t.token_history is not None and t.prompt_lens is not None
-            logits = ops.apply_penalties(logits, t.token_history, t.prompt_lens,
+            logits = ops.apply_penalties(logits, t.token_history, t.positions, t.prompt_lens,
                                          t.repetition_penalty, t.presence_penalty,
                                          t.frequency_penalty)
         if t.banned_token_ids is not None:
