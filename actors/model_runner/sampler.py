@@ -89,7 +89,9 @@ class SamplerOutput:
 def sampling_probs(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     """[R, V] float32 (penalised, banned) logits -> the distribution sampled from:
     temperature, then min-p, top-k and top-p (each skipped when no row uses it)."""
-    temperature = torch.where(t.temperature > 0, t.temperature, 1.0)
+    # Greedy rows (0) divide by 1 (their sample is discarded); tiny ones are floored so
+    # logits / temperature stays finite.
+    temperature = torch.where(t.temperature > 0, t.temperature.clamp_min(1e-5), 1.0)
     logits = logits / temperature[:, None]
     if t.any_min_p:
         logits = ops.apply_min_p(logits, t.min_p)
