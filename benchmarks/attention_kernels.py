@@ -22,6 +22,7 @@ import platform
 
 import torch
 
+from actorexec.actors.model.layers import triton_decode_attention as decode
 from actorexec.actors.model.layers.attention import AttentionMetadata, reference_paged_attention
 from actorexec.actors.model.layers.triton_attention import (
     decode_attention_triton,
@@ -123,6 +124,14 @@ def bench_shape(batch: int, context: int, partition_specs: list[str], bandwidth:
     return rows
 
 
+def print_row(row: dict) -> None:
+    ref = row["reference_us"]
+    print(f"{row['batch']:5d} {row['context']:5d} {row['tile']:4d} {row['partitions']:5d} "
+          f"{row['us_per_layer']:9.1f} {row['kv_bytes'] / 1e6:8.2f} "
+          f"{row['achieved_tb_s']:6.2f} {100 * row['fraction_of_copy_bw']:5.0f}% "
+          f"{row['floor_us']:8.1f} {f'{ref:8.1f}' if ref is not None else '-':>8}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/attention_kernels.json")
@@ -130,6 +139,8 @@ def main() -> None:
     parser.add_argument("--contexts", default="128,2048")
     parser.add_argument("--partitions", default="auto",
                         help="comma list of split-KV partition counts; 'auto' = the default")
+    parser.add_argument("--tiles", default=str(decode.DECODE_TILE),
+                        help="comma list of tokens per K/V tile to try (a module constant)")
     parser.add_argument("--no-reference", action="store_true", help="skip the torch path")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -139,18 +150,16 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    print(f"{'batch':>5} {'ctx':>5} {'parts':>5} {'us/layer':>9} {'KV MB':>8} {'TB/s':>6} "
-          f"{'% copy':>6} {'floor us':>8} {'ref us':>8}")
+    print(f"{'batch':>5} {'ctx':>5} {'tile':>4} {'parts':>5} {'us/layer':>9} {'KV MB':>8} "
+          f"{'TB/s':>6} {'% copy':>6} {'floor us':>8} {'ref us':>8}")
     for batch in (int(b) for b in args.batches.split(",")):
         for context in (int(c) for c in args.contexts.split(",")):
-            for row in bench_shape(batch, context, args.partitions.split(","), bandwidth, gen,
-                                   not args.no_reference):
-                rows.append(row)
-                ref = row["reference_us"]
-                print(f"{batch:5d} {context:5d} {row['partitions']:5d} "
-                      f"{row['us_per_layer']:9.1f} {row['kv_bytes'] / 1e6:8.2f} "
-                      f"{row['achieved_tb_s']:6.2f} {100 * row['fraction_of_copy_bw']:5.0f}% "
-                      f"{row['floor_us']:8.1f} {f'{ref:8.1f}' if ref is not None else '-':>8}")
+            for tile in (int(t) for t in args.tiles.split(",")):
+                decode.DECODE_TILE = tile  # read by the launcher at each call
+                for row in bench_shape(batch, context, args.partitions.split(","), bandwidth,
+                                       gen, not args.no_reference):
+                    rows.append({**row, "tile": tile})
+                    print_row(rows[-1])
             torch.cuda.empty_cache()
     result = {"device": torch.cuda.get_device_name(), "host": platform.node(),
               "torch": torch.__version__, "copy_bandwidth_bytes_s": bandwidth,

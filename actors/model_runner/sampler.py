@@ -44,7 +44,9 @@ class SamplingTensors:
     seeds: torch.Tensor              # [R] int64; read only where ``seeded``
     seeded: torch.Tensor             # [R] bool
     positions: torch.Tensor          # [R] int64: sequence index of the token being sampled
-    token_history: torch.Tensor | None = None     # [R, L] int64 prompt + output ids, -1 pad
+    #   (= prompt + output tokens so far = the row's seq_len after this step)
+    token_history: torch.Tensor | None = None     # [R, L] int64 prompt + output ids; only
+    #   entries before positions[r] count (the rest may hold anything; -1 also skipped)
     prompt_lens: torch.Tensor | None = None       # [R] int64 (with token_history)
     banned_token_ids: torch.Tensor | None = None  # [R, B] int64, -1 pad (min_tokens)
     all_greedy: bool = False
@@ -87,7 +89,9 @@ class SamplerOutput:
 def sampling_probs(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     """[R, V] float32 (penalised, banned) logits -> the distribution sampled from:
     temperature, then min-p, top-k and top-p (each skipped when no row uses it)."""
-    temperature = torch.where(t.temperature > 0, t.temperature, 1.0)
+    # Greedy rows (0) divide by 1 (their sample is discarded); tiny ones are floored so
+    # logits / temperature stays finite.
+    temperature = torch.where(t.temperature > 0, t.temperature.clamp_min(1e-5), 1.0)
     logits = logits / temperature[:, None]
     if t.any_min_p:
         logits = ops.apply_min_p(logits, t.min_p)
@@ -109,7 +113,7 @@ class Sampler:
         raw_logprobs = logits.log_softmax(-1) if t.max_num_logprobs is not None else None
         if t.any_penalty:
             assert t.token_history is not None and t.prompt_lens is not None
-            logits = ops.apply_penalties(logits, t.token_history, t.prompt_lens,
+            logits = ops.apply_penalties(logits, t.token_history, t.positions, t.prompt_lens,
                                          t.repetition_penalty, t.presence_penalty,
                                          t.frequency_penalty)
         if t.banned_token_ids is not None:

@@ -15,20 +15,22 @@ _M32 = 0xFFFFFFFF
 
 # ---- penalties and bans --------------------------------------------------------------------
 
-def apply_penalties(logits: torch.Tensor, token_history: torch.Tensor, prompt_lens: torch.Tensor,
-                    repetition: torch.Tensor, presence: torch.Tensor,
+def apply_penalties(logits: torch.Tensor, token_history: torch.Tensor, history_lens: torch.Tensor,
+                    prompt_lens: torch.Tensor, repetition: torch.Tensor, presence: torch.Tensor,
                     frequency: torch.Tensor) -> torch.Tensor:
     """vLLM's penalties: repetition over prompt + output (divide positive logits, multiply
     negative ones), presence / frequency over output tokens only.
 
-    logits [R, V] float32; token_history [R, L] int64, prompt ids then output ids, -1
-    padded; prompt_lens [R]; penalties [R] float32. Returns a new [R, V] tensor.
+    logits [R, V] float32; token_history [R, L] int64, prompt ids then output ids; entries
+    at or past history_lens [R] and negative ones are ignored (so a persistent token
+    buffer can be passed as is); prompt_lens [R]; penalties [R] float32. Returns a new
+    [R, V] tensor.
     """
     num_rows, vocab = logits.shape
-    valid = token_history >= 0
+    index = torch.arange(token_history.shape[1], device=logits.device)[None, :]   # [1, L]
+    valid = (token_history >= 0) & (index < history_lens[:, None])
     ids = torch.where(valid, token_history, vocab)         # padding -> spare column V
-    in_output = torch.arange(token_history.shape[1], device=logits.device)[None, :] >= \
-        prompt_lens[:, None]                               # [R, L]
+    in_output = index >= prompt_lens[:, None]              # [R, L]
     out_counts = logits.new_zeros(num_rows, vocab + 1).scatter_add_(
         1, ids, (valid & in_output).float())[:, :vocab]    # [R, V]
     seen = torch.zeros(num_rows, vocab + 1, dtype=torch.bool, device=logits.device).scatter_(

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-M32: tl.constexpr = 0xFFFFFFFF
+M32 = tl.constexpr(0xFFFFFFFF)
 NOISE_BLOCK = 1024
 
 

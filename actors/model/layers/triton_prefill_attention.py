@@ -134,6 +134,9 @@ def prefill_attention_triton(q: torch.Tensor, kv_cache: torch.Tensor, block_tabl
     num_tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     num_reqs = query_start_loc.shape[0] - 1
+    if q.dtype != kv_cache.dtype:
+        raise ValueError(f"prefill attention needs q in the cache's dtype: {q.dtype} vs "
+                         f"{kv_cache.dtype}")
     out = torch.empty_like(q)
     if num_tokens == 0 or num_reqs == 0:
         return out

@@ -137,14 +137,18 @@ def test_exponential_race_follows_the_distribution():
     assert (freq - probs).abs().max() < 0.03
 
 
+def _penalised(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
+    assert t.token_history is not None and t.prompt_lens is not None
+    return ops.apply_penalties(logits, t.token_history, t.positions, t.prompt_lens,
+                               t.repetition_penalty, t.presence_penalty, t.frequency_penalty)
+
+
 def test_penalties_follow_vllm_semantics():
     logits = torch.tensor([[2.0, -2.0, 1.0, 1.0, 0, 0, 0, 0]])
     # Prompt is [1]; output has token 0 twice and token 2 once.
     t = _md(SamplingParams(repetition_penalty=2.0, presence_penalty=0.5,
                            frequency_penalty=0.25), outputs=[[0, 0, 2]]).tensors
-    assert t.token_history is not None and t.prompt_lens is not None
-    out = ops.apply_penalties(logits, t.token_history, t.prompt_lens, t.repetition_penalty,
-                              t.presence_penalty, t.frequency_penalty)[0]
+    out = _penalised(logits, t)[0]
     assert torch.allclose(out[:4], torch.tensor([2.0 / 2 - 0.5 - 0.5, -2.0 * 2,
                                                  1.0 / 2 - 0.5 - 0.25, 1.0]))
 
@@ -160,9 +164,13 @@ def test_penalties_equal_a_per_token_reference():
     t = build_sampling_tensors(params, [len(p) for p in prompts],
                                [p + o for p, o in zip(prompts, outputs, strict=True)],
                                [[]] * rows, vocab, CPU)
-    assert t.token_history is not None and t.prompt_lens is not None
-    got = ops.apply_penalties(logits, t.token_history, t.prompt_lens, t.repetition_penalty,
-                              t.presence_penalty, t.frequency_penalty)
+    assert t.token_history is not None
+    got = _penalised(logits, t)
+    # A persistent token buffer passed as is: whatever lies past each row's length is ignored.
+    garbage = torch.randint(0, vocab, (rows, 9), generator=gen)
+    t_garbage = dataclasses.replace(t, token_history=torch.cat([
+        t.token_history.clamp_min(0), garbage], 1))
+    torch.testing.assert_close(_penalised(logits, t_garbage), got)
     expected = logits.clone()
     for r, p in enumerate(params):
         for tok in range(vocab):
