@@ -20,7 +20,7 @@ parts="${*:-tests decode}"
 for part in $parts; do
     case "$part" in
     tests)
-        timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -x -rs tests/ 2>&1 \
+        timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/ 2>&1 \
             | tee "$OUT/gpu_tests.log" | tail -40 ;;
     tests-*)
         timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -rs -k "${part#tests-}" \

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from actorexec.actors.model.hf_config import read_hf_config
+from actorexec.actors.model.hf_config import read_hf_config, resolve_max_model_len
 from actorexec.actors.model.layers.attention import AttentionMetadata
 from actorexec.actors.model.llama import IntermediateTensors, LlamaForCausalLM
 from actorexec.actors.model.loader import load_model, resolve_dtype
@@ -65,7 +65,7 @@ class ModelRunner:
         self.config, self.device, self.parallel = config, device, parallel
         self.hf_config = read_hf_config(config.model.model)
         self.dtype = resolve_dtype(config.model.dtype, self.hf_config, device)
-        self.max_model_len = config.model.max_model_len or self.hf_config.max_position_embeddings
+        self.max_model_len = resolve_max_model_len(self.hf_config, config.model.max_model_len)
         self.block_size = config.cache.block_size
         self.max_num_tokens = config.scheduler.max_num_batched_tokens
         self.max_num_reqs = config.scheduler.max_num_seqs

@@ -28,7 +28,7 @@ def gather_sampling_tensors(rows: RequestRows, inputs: StepInputs,
     any_penalty = any(p.repetition_penalty != 1.0 or p.presence_penalty
                       or p.frequency_penalty for p in params)
     logprobs = [p.logprobs for p in params if p.logprobs is not None]
-    all_greedy = all(p.greedy for p in params)
+    all_greedy = all(p.temperature == 0 for p in params)
     if all_greedy and not any_penalty and not logprobs and not any(banned):
         return None
     device, idx = rows.device, inputs.rows
@@ -53,7 +53,7 @@ def gather_sampling_tensors(rows: RequestRows, inputs: StepInputs,
         top_k=ints[0], seeds=ints[1], seeded=ints[2].bool(), positions=seq_lens.long(),
         token_history=history, prompt_lens=prompt_lens, banned_token_ids=bans,
         all_greedy=all_greedy,
-        any_seeded=any(p.seed is not None and not p.greedy for p in params),
+        any_seeded=any(p.seed is not None and p.temperature > 0 for p in params),
         any_penalty=any_penalty, any_top_k=any(0 < (p.top_k or 0) < vocab for p in params),
         any_top_p=any(p.top_p < 1 for p in params), any_min_p=any(p.min_p > 0 for p in params),
         max_num_logprobs=max(logprobs) if logprobs else None)
