@@ -15,9 +15,11 @@ import asyncio
 import datetime
 import gc
 import json
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,7 +78,10 @@ class Driver:
         self.step_id += 1
         return SchedulerOutput(step_id=self.step_id)
 
-    async def run(self, batch: int, context: int, steps: int) -> list[float]:
+    async def run(self, batch: int, context: int, steps: int,
+                  probe: Callable[[int], dict] | None = None) -> tuple[list[float], dict]:
+        """Step times of ``steps`` decode steps; ``probe(batch)`` runs before the requests
+        finish (with their state live) and its result comes back too."""
         ids = [f"b{batch}c{context}r{i}" for i in range(batch)]
         per_req = -(-(context + steps + 8) // BLOCK)
         blocks = {r: list(range(i * per_req, (i + 1) * per_req)) for i, r in enumerate(ids)}
@@ -105,10 +110,11 @@ class Driver:
             for r, t in zip(out.req_ids, out.sampled_token_ids, strict=True):
                 last[r] = t[0]
                 computed[r] += 1
+        extra = probe(batch) if probe is not None else {}
         done = self._so()
         done.finished_req_ids = ids
         await self.executor.execute_model(done)
-        return times
+        return times, extra
 
 
 def make_config(model_dir: str, backend: str, eager: bool, blocks: int, budget: int,
@@ -122,38 +128,40 @@ def make_config(model_dir: str, backend: str, eager: bool, blocks: int, budget: 
         device=DeviceConfig(device="cuda"))
 
 
-def graph_breakdown(executor: Executor, batches: list[int]) -> dict[str, object]:
-    """GPU time of one decode-graph replay (no host work) and the top kernels inside it.
-
-    Step time minus replay time is what the host (runtime, input preparation,
-    sampling, reply) adds to a step. Replays reuse the last step's inputs.
-    """
+def graph_probe(executor: Executor) -> Callable[[int], dict]:
+    """For the uni executor: GPU time of one decode-graph replay over the live step
+    state (no host work), the host time per runner phase, and the replay's top kernels.
+    Step time minus replay time is what the host (runtime, inputs, sampling, reply) adds."""
     runner = executor.refs[0].actor.model_runner  # the uni executor's in-process worker
-    graphs, out = runner.graphs, {}
-    for batch in batches:
-        size = graphs.bucket_for(batch)
+
+    def probe(batch: int) -> dict:
+        out: dict = {"phases_us": runner.phase_clock.per_step_us()}
+        runner.phase_clock.reset()
+        size = runner.graphs.bucket_for(batch) if runner.graphs is not None else None
+        if size is None:
+            return out
         times = []
         with torch.cuda.stream(runner.compute_stream):
             for _ in range(25):
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 a.record()
-                graphs.replay(size)
+                runner.graphs.replay(size)
                 b.record()
                 b.synchronize()
                 times.append(a.elapsed_time(b))
-        out[f"replay_ms_b{batch}"] = statistics.median(times[5:])
-        print(f"  graph replay, batch {batch} (bucket {size}): {out[f'replay_ms_b{batch}']:.3f} ms",
+            with torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    runner.graphs.replay(size)
+                torch.cuda.synchronize()
+        out["replay_ms"] = statistics.median(times[5:])
+        out["top_kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
+        print(f"    graph replay (bucket {size}): {out['replay_ms']:.3f} ms; host phases "
+              + ", ".join(f"{k} {v:.0f}" for k, v in out["phases_us"].items()) + " us",
               flush=True)
-    size = graphs.bucket_for(batches[0])
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof, \
-            torch.cuda.stream(runner.compute_stream):
-        for _ in range(5):
-            graphs.replay(size)
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
-    print(table, flush=True)
-    out["top_kernels"] = table
-    return out
+        return out
+
+    return probe
 
 
 async def bench_actorexec(model_dir: str, backend: str, eager: bool, batches: list[int],
@@ -161,23 +169,25 @@ async def bench_actorexec(model_dir: str, backend: str, eager: bool, batches: li
                           profile: bool = False) -> dict[str, dict]:
     max_b = max(batches)
     blocks = max_b * -(-(max(contexts) + steps + 8) // BLOCK) + 16
+    if profile:
+        os.environ["ACTOREXEC_PHASE_TIMES"] = "1"  # read by the runner (in-process for uni)
     t0 = time.perf_counter()
     executor = await Executor.create(make_config(model_dir, backend, eager, blocks, budget, max_b))
     async with executor:
         await executor.initialize_kv_cache()
         startup = time.perf_counter() - t0
         driver, out = Driver(executor, budget), {}
+        probe = graph_probe(executor) if profile and backend == "uni" else None
         for context in contexts:
             for batch in batches:
-                times = (await driver.run(batch, context, steps))[3:]
+                times, extra = await driver.run(batch, context, steps, probe)
+                times = times[3:]
                 med = statistics.median(times)
                 out[f"{batch}x{context}"] = dict(median_ms=med * 1e3,
                                                  mean_ms=statistics.mean(times) * 1e3,
-                                                 tok_s=batch / med)
+                                                 tok_s=batch / med, **extra)
                 print(f"  {backend}{' eager' if eager else ''} batch {batch} ctx {context}: "
                       f"{med * 1e3:.2f} ms", flush=True)
-        if profile and backend == "uni" and not eager:
-            out["graph_replay"] = graph_breakdown(executor, batches)
     del executor, driver  # free the in-process worker's weights and cache before the next run
     gc.collect()
     if torch.cuda.is_available():

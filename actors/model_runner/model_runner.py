@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -30,6 +31,7 @@ from actorexec.actors.model.parallel import ParallelContext
 from actorexec.actors.model_runner.cuda_graphs import DecodeGraphs, default_buckets
 from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
+from actorexec.actors.model_runner.phase_clock import PhaseClock
 from actorexec.actors.model_runner.pipeline import StageLink
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.sampler import Sampler, SamplerOutput
@@ -86,6 +88,7 @@ class ModelRunner:
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         self.d2h_stream = torch.cuda.Stream(device) if cuda else None
         self.graphs: DecodeGraphs | None = None
+        self.phase_clock = PhaseClock(enabled=os.environ.get("ACTOREXEC_PHASE_TIMES") == "1")
 
     @property
     def use_cuda_graphs(self) -> bool:
@@ -226,16 +229,25 @@ class ModelRunner:
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
         """One step; returns the output on the output rank, None on the others."""
         pending = self.execute_model_async(scheduler_output)
-        return None if pending is None else pending.result()
+        if pending is None:
+            return None
+        pending.wait()
+        self.phase_clock.mark("gpu_wait")
+        output = pending.result()
+        self.phase_clock.mark("result")
+        return output
 
     @torch.inference_mode()
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput | None:
         """Queues one step on the device; the output rank gets a PendingOutput back."""
-        so = scheduler_output
+        so, clock = scheduler_output, self.phase_clock
+        clock.start()
         plan = read_step(so, self.requests, self._limits())  # raises before any change
+        clock.mark("read_step")
         with self._on_compute_stream():
             self._apply_diff(plan)
             self.rows.flush(self.copy_stream)
+            clock.mark("apply_flush")
             order = plan.req_ids
             if not order:
                 return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
@@ -248,6 +260,7 @@ class ModelRunner:
             inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
                                           [s.num_tokens for s in states], self.copy_stream,
                                           pad_to=bucket)
+            clock.mark("prepare")
             if bucket is not None:
                 assert self.graphs is not None
                 logits = self.graphs.replay(bucket)[: len(order)]       # [R, V]
@@ -256,9 +269,12 @@ class ModelRunner:
                 if hidden is None:
                     return None
                 logits = self._model().compute_logits(hidden[inputs.logits_indices])  # [R, V]
+            clock.mark("forward_launch")
             if not self.parallel.is_output_rank:
                 return None
-            return self._sample(so.step_id, inputs, logits)
+            pending = self._sample(so.step_id, inputs, logits)
+            clock.mark("sample_launch")
+            return pending
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
         """This stage's layers, eagerly; PP intermediates go point-to-point. None off the
