@@ -79,7 +79,7 @@ class Driver:
         return SchedulerOutput(step_id=self.step_id)
 
     async def run(self, batch: int, context: int, steps: int,
-                  probe: Callable[[int], dict] | None = None) -> tuple[list[float], dict]:
+                  probe: Callable[[int | None], dict] | None = None) -> tuple[list[float], dict]:
         """Step times of ``steps`` decode steps; ``probe(batch)`` runs before the requests
         finish (with their state live) and its result comes back too."""
         ids = [f"b{batch}c{context}r{i}" for i in range(batch)]
@@ -98,6 +98,8 @@ class Driver:
             last.update({r: t[0] for r, t in zip(out.req_ids, out.sampled_token_ids,
                                                  strict=True)})
         computed = dict.fromkeys(ids, context)
+        if probe is not None:
+            probe(None)
         times = []
         for _ in range(steps):
             so = self._so()
@@ -128,13 +130,16 @@ def make_config(model_dir: str, backend: str, eager: bool, blocks: int, budget: 
         device=DeviceConfig(device="cuda"))
 
 
-def graph_probe(executor: Executor) -> Callable[[int], dict]:
+def graph_probe(executor: Executor) -> Callable[[int | None], dict]:
     """For the uni executor: GPU time of one decode-graph replay over the live step
     state (no host work), the host time per runner phase, and the replay's top kernels.
     Step time minus replay time is what the host (runtime, inputs, sampling, reply) adds."""
     runner = executor.refs[0].actor.model_runner  # the uni executor's in-process worker
 
-    def probe(batch: int) -> dict:
+    def probe(batch: int | None) -> dict:
+        if batch is None:  # decode starts: forget the prefill steps' phases
+            runner.phase_clock.reset()
+            return {}
         out: dict = {"phases_us": runner.phase_clock.per_step_us()}
         runner.phase_clock.reset()
         size = runner.graphs.bucket_for(batch) if runner.graphs is not None else None
