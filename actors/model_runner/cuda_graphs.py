@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -34,15 +35,14 @@ class DecodeGraphs:
     """Captured decode forwards keyed by bucket size.
 
     ``forward(size)`` runs the model over the first ``size`` rows of the static
-    buffers and returns the tensor to keep (logits, or hidden states off the
-    last stage); it is what gets captured, and its output tensor is read after
-    each replay.
+    buffers and returns the tensors to keep (e.g. logits and their argmax); it
+    is what gets captured, and its outputs are read after each replay.
     """
 
-    def __init__(self, forward: Callable[[int], torch.Tensor], device: torch.device) -> None:
+    def __init__(self, forward: Callable[[int], Any], device: torch.device) -> None:
         self._forward = forward
         self.device = device
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Any]] = {}
         self.pool: object | None = None
         self.capture_seconds = 0.0
         self.memory_bytes = 0
@@ -79,7 +79,7 @@ class DecodeGraphs:
         fits = [size for size in self.graphs if size >= num_reqs]
         return min(fits) if fits else None
 
-    def replay(self, size: int) -> torch.Tensor:
+    def replay(self, size: int) -> Any:
         graph, out = self.graphs[size]
         graph.replay()
         self.replays += 1

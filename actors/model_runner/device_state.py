@@ -134,20 +134,33 @@ class RequestRows:
         self._blk_idx.extend(range(base, base + len(blocks)))
         self._blk_val.extend(blocks)
 
-    def flush(self, copy_stream: torch.cuda.Stream | None) -> None:
-        """Applies every queued write: one pinned H2D copy, then scatters on the current stream.
+    def take_writes(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """The queued token and block writes (flat index and value lists), now cleared.
+
+        The GPU path applies them inside the step's input preparation (one upload,
+        one scatter kernel: triton_step_prep); ``flush`` applies them otherwise.
+        """
+        out = (self._tok_idx, self._tok_val, self._blk_idx, self._blk_val)
+        self._tok_idx, self._tok_val, self._blk_idx, self._blk_val = [], [], [], []
+        return out
+
+    def flush(self, copy_stream: torch.cuda.Stream | None, writes: bool = True) -> None:
+        """Applies the queued writes (``writes=False``: the sampling columns only): one
+        pinned H2D copy, then scatters on the current stream.
 
         The copy runs on ``copy_stream`` (CUDA) and the current (compute) stream
         waits for it, so the forward that follows sees the writes.
         """
-        nt, nb, npr = len(self._tok_idx), len(self._blk_idx), len(self._param_rows)
+        npr = len(self._param_rows)
+        nt, nb = (len(self._tok_idx), len(self._blk_idx)) if writes else (0, 0)
         if not (nt or nb or npr):
             return
         ni = len(INT_PARAMS)
         total = 2 * nt + 2 * nb + npr + ni * npr
         host, slot = self._staging.take(total)
-        fields = (self._tok_idx, self._tok_val, self._blk_idx, self._blk_val, self._param_rows,
-                  [v for ints in self._param_ints for v in ints])
+        writes_now = ((self._tok_idx, self._tok_val, self._blk_idx, self._blk_val) if writes
+                      else ([], [], [], []))
+        fields = (*writes_now, self._param_rows, [v for ints in self._param_ints for v in ints])
         offset = 0
         for values in fields:
             n = len(values)
@@ -172,9 +185,11 @@ class RequestRows:
             assert fdev is not None
             self.float_params.index_copy_(1, rows, fdev.view(npr, len(FLOAT_PARAMS)).t())
             self.int_params.index_copy_(1, rows, parts[5].view(npr, ni).t())
-        for pending in (self._tok_idx, self._tok_val, self._blk_idx, self._blk_val,
-                        self._param_rows, self._param_vals, self._param_ints):
-            pending.clear()
+        pending = [self._param_rows, self._param_vals, self._param_ints]
+        if writes:
+            pending += [self._tok_idx, self._tok_val, self._blk_idx, self._blk_val]
+        for queue in pending:
+            queue.clear()
 
 
 def _upload(host: torch.Tensor, device: torch.device,

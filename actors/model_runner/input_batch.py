@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from actorexec.actors.model.layers.attention import AttentionMetadata
+from actorexec.actors.model.layers.fused_ops import use_triton
 from actorexec.actors.model_runner.device_state import RequestRows, StagingRing, _upload
 
 
@@ -73,8 +74,43 @@ class InputBuffers:
 
         ``num_tokens_after[i]``: the request's known tokens (it samples when its
         run reaches that). ``pad_to``: pad the request (and token) axis to this
-        size for a CUDA graph of that bucket (decode steps only).
+        size for a CUDA graph of that bucket (decode steps only). The rows'
+        queued token/block writes are applied first.
         """
+        if use_triton(self.input_ids):
+            self._prepare_triton(order, starts, counts, copy_stream, pad_to)
+        else:
+            self.rows.flush(copy_stream)  # queued token/block writes, then torch ops
+            self._prepare_torch(order, starts, counts, copy_stream, pad_to)
+        return self._inputs(order, starts, counts, num_tokens_after, pad_to)
+
+    def _prepare_triton(self, order: list[str], starts: list[int], counts: list[int],
+                        copy_stream: torch.cuda.Stream | None, pad_to: int | None) -> None:
+        """One pinned upload, one scatter kernel, one preparation kernel (triton_step_prep)."""
+        from actorexec.actors.model_runner import triton_step_prep
+
+        tok_idx, tok_val, blk_idx, blk_val = self.rows.take_writes()
+        row_of = self.rows.row_of
+        offsets, off = [], 0
+        for c in counts:
+            offsets.append(off)
+            off += c
+        values = [*tok_idx, *tok_val, *blk_idx, *blk_val, *(row_of[r] for r in order),
+                  *starts, *counts, *offsets]
+        host, slot = self._staging.take(len(values))
+        host[: len(values)] = torch.tensor(values, dtype=torch.int64)
+        dev = _upload(host[: len(values)], self.device, copy_stream)
+        self._staging.copied(slot, copy_stream)
+        nt, nb = len(tok_idx), len(blk_idx)
+        rows = self.rows
+        triton_step_prep.scatter_writes(dev, nt, nb, rows.token_ids, rows.block_table)
+        triton_step_prep.prepare_inputs(dev[2 * nt + 2 * nb:], len(order), off,
+                                        pad_to or len(order), rows.token_ids, rows.block_table,
+                                        self, self.block_size)
+
+    def _prepare_torch(self, order: list[str], starts: list[int], counts: list[int],
+                       copy_stream: torch.cuda.Stream | None, pad_to: int | None) -> None:
+        """The same with torch ops (CPU; the reference the Triton path is tested against)."""
         num_reqs, total = len(order), sum(counts)
         rows = [self.rows.row_of[r] for r in order]
         q_lens = torch.as_tensor(counts, dtype=torch.int64)
@@ -104,8 +140,6 @@ class InputBuffers:
         self._staging.copied(slot, copy_stream)
         d_pos, d_req, d_q, d_rows, d_qsl, d_seq, d_qlen = dev.split(sizes)
 
-        width = pad_to or total
-        req_width = pad_to or num_reqs
         if pad_to is not None and pad_to > num_reqs:  # graph padding rows
             self.slot_mapping[total:pad_to].fill_(-1)
             self.seq_lens[num_reqs:pad_to].zero_()
@@ -127,17 +161,21 @@ class InputBuffers:
         self.slot_mapping[:total].copy_(block * self.block_size + d_pos % self.block_size)
         torch.index_select(tables.block_table, 0, d_rows, out=self.block_table[:num_reqs])
 
+    def _inputs(self, order: list[str], starts: list[int], counts: list[int],
+                num_tokens_after: list[int], pad_to: int | None) -> StepInputs:
+        num_reqs, total = len(order), sum(counts)
+        width, req_width = pad_to or total, pad_to or num_reqs
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:width], block_table=self.block_table[:req_width],
             seq_lens=self.seq_lens[:req_width], query_lens=self.query_lens[:req_width],
             token_req=self.token_req[:width], token_q=self.token_q[:width],
             max_query_len=max(counts), max_seq_len=int(max(s + c for s, c in zip(
                 starts, counts, strict=True))),
-            query_start_loc=self.query_start_loc[: req_width + 1], is_decode=is_decode)
+            query_start_loc=self.query_start_loc[: req_width + 1], is_decode=total == num_reqs)
         return StepInputs(
             req_ids=list(order), input_ids=self.input_ids[:width],
             positions=self.positions[:width], meta=meta,
             logits_indices=self.query_start_loc[1: num_reqs + 1] - 1,
             samples=[s + c == t for s, c, t in zip(starts, counts, num_tokens_after,
                                                    strict=True)],
-            rows=self.req_rows[:num_reqs], num_tokens=total, is_decode=is_decode)
+            rows=self.req_rows[:num_reqs], num_tokens=total, is_decode=total == num_reqs)

@@ -175,8 +175,9 @@ class ModelRunner:
             graphs.capture(sizes, self.buffers.pad_only, self.compute_stream)
         self.graphs = graphs
 
-    def _graph_forward(self, size: int) -> torch.Tensor:
-        """The captured body: decode over the first ``size`` static rows -> logits [size, V]."""
+    def _graph_forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captured body: decode over the first ``size`` static rows -> (logits [size, V],
+        their argmax [size]): greedy steps then need no kernel of their own after the replay."""
         b = self.buffers
         meta = AttentionMetadata(
             slot_mapping=b.slot_mapping[:size], block_table=b.block_table[:size],
@@ -186,7 +187,8 @@ class ModelRunner:
             is_decode=True)
         hidden = self._model()(b.input_ids[:size], b.positions[:size], meta)
         assert isinstance(hidden, torch.Tensor)
-        return self._model().compute_logits(hidden)
+        logits = self._model().compute_logits(hidden)
+        return logits, logits.argmax(-1)
 
     # ---- steps --------------------------------------------------------------------------
     def _limits(self) -> RunnerLimits:
@@ -246,10 +248,12 @@ class ModelRunner:
         clock.mark("read_step")
         with self._on_compute_stream():
             self._apply_diff(plan)
-            self.rows.flush(self.copy_stream)
+            # Sampling columns of new requests now; token/block writes go with the inputs.
+            self.rows.flush(self.copy_stream, writes=False)
             clock.mark("apply_flush")
             order = plan.req_ids
             if not order:
+                self.rows.flush(self.copy_stream)
                 return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
                         if self.parallel.is_output_rank else None)
             states = [self.requests[r] for r in order]
@@ -261,9 +265,11 @@ class ModelRunner:
                                           [s.num_tokens for s in states], self.copy_stream,
                                           pad_to=bucket)
             clock.mark("prepare")
+            greedy = None
             if bucket is not None:
                 assert self.graphs is not None
-                logits = self.graphs.replay(bucket)[: len(order)]       # [R, V]
+                logits, greedy = self.graphs.replay(bucket)
+                logits, greedy = logits[: len(order)], greedy[: len(order)]  # [R, V], [R]
             else:
                 hidden = self._forward(inputs)
                 if hidden is None:
@@ -272,7 +278,7 @@ class ModelRunner:
             clock.mark("forward_launch")
             if not self.parallel.is_output_rank:
                 return None
-            pending = self._sample(so.step_id, inputs, logits)
+            pending = self._sample(so.step_id, inputs, logits, greedy)
             clock.mark("sample_launch")
             return pending
 
@@ -288,7 +294,8 @@ class ModelRunner:
             return None
         return out
 
-    def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor) -> PendingOutput:
+    def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor,
+                greedy: torch.Tensor | None = None) -> PendingOutput:
         """Samples every row on the device (no host sync); ids (and logprobs) go to pinned
         host memory on the side stream. Rows still mid-prefill are sampled but not reported."""
         rows = [i for i, s in enumerate(inputs.samples) if s]
@@ -299,8 +306,9 @@ class ModelRunner:
         states = [self.requests[r] for r in inputs.req_ids]
         tensors = gather_sampling_tensors(self.rows, inputs, states, self.hf_config,
                                           self.copy_stream)
-        if tensors is None:  # all greedy, nothing else asked: one argmax
-            host, event = copy_to_host([logits.argmax(-1)], self.d2h_stream)
+        if tensors is None:  # all greedy, nothing else asked: the argmax (in the graph if any)
+            tokens = greedy if greedy is not None else logits.argmax(-1)
+            host, event = copy_to_host([tokens], self.d2h_stream)
             return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
         out = self.sampler.sample(logits, tensors)
         if out.logprobs is None:
