@@ -101,7 +101,13 @@ class Driver:
         if probe is not None:
             probe(None)
         times = []
-        for _ in range(steps):
+        profiler = None
+        for step in range(steps):
+            if probe is not None and step == steps - 5:  # host-side ops of the last 5 steps
+                profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU,
+                                torch.profiler.ProfilerActivity.CUDA])
+                profiler.__enter__()
             so = self._so()
             for r in ids:
                 so.add_cached(r, num_computed_tokens=computed[r], num_scheduled_tokens=1,
@@ -113,6 +119,11 @@ class Driver:
                 last[r] = t[0]
                 computed[r] += 1
         extra = probe(batch) if probe is not None else {}
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+            print(table, flush=True)
+            extra["host_ops"] = table
         done = self._so()
         done.finished_req_ids = ids
         await self.executor.execute_model(done)
