@@ -118,11 +118,13 @@ class Driver:
             for r, t in zip(out.req_ids, out.sampled_token_ids, strict=True):
                 last[r] = t[0]
                 computed[r] += 1
-        extra = probe(batch) if probe is not None else {}
-        if profiler is not None:
+        table = None
+        if profiler is not None:  # stopped before the probe starts a profiler of its own
             profiler.__exit__(None, None, None)
             table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
             print(table, flush=True)
+        extra = probe(batch) if probe is not None else {}
+        if table is not None:
             extra["host_ops"] = table
         done = self._so()
         done.finished_req_ids = ids
