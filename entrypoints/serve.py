@@ -74,19 +74,21 @@ async def serve_main(args: argparse.Namespace) -> int:
     name = args.served_model_name or default_name
     main_task = asyncio.current_task()
     server: uvicorn.Server | None = None
+    shutdown = asyncio.Event()
 
     def on_signal() -> None:
         if server is None:                 # still starting: stop starting
             assert main_task is not None
             main_task.cancel()
-        elif server.should_exit:           # second signal: stop waiting for streams
+        elif server.should_exit:           # second signal: stop waiting for connections
             server.force_exit = True
         else:
+            shutdown.set()                 # open streams end now, with an error event
             server.should_exit = True
 
     with sock, _signals(on_signal):
         async with await AsyncEngine.create(config) as engine:
-            app, _ = build_app(engine, name, args.api_key)
+            app, _ = build_app(engine, name, args.api_key, shutdown)
             server = _server(uvicorn.Config(
                 app, log_level=args.log_level, access_log=args.log_level in ("debug", "info"),
                 lifespan="off", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))

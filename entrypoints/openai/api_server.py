@@ -10,6 +10,7 @@ next to the engine it drives: no thread, no queue between them.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from http import HTTPStatus
@@ -53,9 +54,15 @@ class APIKeyCheck:
 
 
 def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
-              ) -> tuple[Any, ServerMetrics]:
-    """The ASGI app serving ``engine`` as ``model_name``, and its metrics."""
+              shutdown: asyncio.Event | None = None) -> tuple[Any, ServerMetrics]:
+    """The ASGI app serving ``engine`` as ``model_name``, and its metrics.
+
+    Setting ``shutdown`` ends open streams (error event, ``[DONE]``) and makes
+    new requests 503, so the HTTP server's graceful shutdown is quick.
+    """
     metrics = ServerMetrics(engine, model_name)
+    shutdown = shutdown or asyncio.Event()
+    generation = (engine, model_name, metrics, shutdown)
     created = int(time.time())
 
     async def models(request: Request) -> Response:
@@ -82,9 +89,9 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                         ).response()
 
     app = Starlette(routes=[
-        Route("/v1/completions", CompletionServing(engine, model_name, metrics).handle,
+        Route("/v1/completions", CompletionServing(*generation).handle,
               methods=["POST"]),
-        Route("/v1/chat/completions", ChatServing(engine, model_name, metrics).handle,
+        Route("/v1/chat/completions", ChatServing(*generation).handle,
               methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

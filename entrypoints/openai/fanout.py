@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from actorexec.actors.engine import AsyncEngine, RequestOutput, RequestStream
 from actorexec.protocol import (
     ActorClosedError,
+    ActorexecError,
     ExecutorFailedError,
     InvalidRequestError,
     SamplingParams,
@@ -93,8 +94,10 @@ class Fanout:
                     reason = out.finish_reason
                     choice.finish_reason = reason.value if reason is not None else "stop"
                 await on_output(choice, out)
-        except (ExecutorFailedError, ActorClosedError) as exc:
-            raise engine_unavailable(f"the engine failed while generating: {exc}") from None
+        except ActorexecError as exc:       # the executor's failure, raised by every stream
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise engine_unavailable(f"the engine failed while generating: {first_line}",
+                                     ) from None
 
     def close(self) -> None:
         for choice in self.choices:

@@ -7,6 +7,7 @@ streams them as SSE or collects them, and writes usage.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from .fanout import Choice, Fanout, error_event_body
 from .metrics import ServerMetrics
 from .protocol import SamplingFields
 from .sampling import check_common, stop_strings
-from .streaming import DONE, Emit, EventStreamResponse, run_until_disconnect, sse_event
+from .streaming import DONE, Emit, EventStreamResponse, Outcome, race_client, sse_event
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -56,10 +57,12 @@ class OpenAIServing:
     object_name = "text_completion"
     chunk_object_name = "text_completion"
 
-    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics,
+                 shutdown: asyncio.Event) -> None:
         self.engine = engine
         self.model_name = model_name
         self.metrics = metrics
+        self.shutdown = shutdown          # set when the server starts stopping
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -75,6 +78,9 @@ class OpenAIServing:
                            code="model_not_found")
         if self.engine.is_failed:
             raise engine_unavailable("the engine has failed; restart the server")
+        if self.shutdown.is_set():
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down",
+                           type="service_unavailable", code="shutting_down")
         check_common(req)
 
     def check_length(self, num_prompt_tokens: int, max_tokens: int) -> None:
@@ -114,14 +120,18 @@ class OpenAIServing:
             head = {"id": fanout.request_id, "object": self.chunk_object_name,
                     "created": created, "model": self.model_name}
             return EventStreamResponse(
-                lambda emit: self._stream(emit, fanout, head, usage), fanout.close)
+                lambda emit: self._stream(emit, fanout, head, usage), fanout.close,
+                self.shutdown)
         try:
-            completed, _ = await run_until_disconnect(request.receive,
-                                                      fanout.run(_accumulate))
+            outcome, _ = await race_client(request.receive, fanout.run(_accumulate),
+                                           self.shutdown)
         finally:
             fanout.close()
-        if not completed:
+        if outcome is Outcome.DISCONNECTED:
             return Response(status_code=499)      # nobody is listening any more
+        if outcome is Outcome.SHUTDOWN:
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down",
+                           type="service_unavailable", code="shutting_down")
         return json_response({
             "id": fanout.request_id, "object": self.object_name, "created": created,
             "model": self.model_name, "choices": [self.full_choice(c) for c in fanout.choices],

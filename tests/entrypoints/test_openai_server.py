@@ -253,7 +253,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_blocks(server):
          "stream": True}), {"content-type": "application/json", "authorization": f"Bearer {KEY}"})
     resp = conn.getresponse()
     assert resp.status == 200
-    resp.fp.readline()                           # the first event has arrived: it is running
+    resp.readline()                           # the first event has arrived: it is running
     busy = metrics(server)
     assert busy["vllm:num_requests_running"] == 1 and busy["vllm:kv_cache_usage_perc"] > 0
     conn.sock.close()
