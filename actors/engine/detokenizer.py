@@ -12,7 +12,10 @@ the difference (vLLM's prefix/read-offset scheme):
 
 The window starts on the last few prompt tokens, so the first generated word
 keeps its leading space; it slides forward whenever text is emitted, so a step
-costs O(window), not O(output) as re-decoding everything would.
+costs O(window), not O(output) as re-decoding everything would. The prompt
+context must start on a character boundary: byte-fallback decoders turn a
+whole run of byte tokens into U+FFFD when its first bytes are a character's
+tail, so the shortest tail that decodes cleanly is taken (as vLLM does).
 """
 
 from __future__ import annotations
@@ -20,10 +23,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-# Prompt tokens kept as context for the first output token (vLLM uses 5 too):
+# Prompt tokens kept as context for the first output token (vLLM uses 4-24 too):
 # enough for a decoder to see that the output does not start the text.
 PROMPT_CONTEXT_TOKENS = 5
+MAX_PROMPT_CONTEXT_TOKENS = 24
 REPLACEMENT = "\ufffd"
+
+
+def prompt_context(prompt_token_ids: Sequence[int],
+                   decode: Callable[[Sequence[int]], str]) -> list[int]:
+    """The shortest prompt tail (from 5 tokens) that starts on a character boundary."""
+    ids = list(prompt_token_ids)
+    if len(ids) <= PROMPT_CONTEXT_TOKENS:
+        return ids
+    for n in range(PROMPT_CONTEXT_TOKENS, min(len(ids), MAX_PROMPT_CONTEXT_TOKENS) + 1):
+        if REPLACEMENT not in decode(ids[-n:]):
+            return ids[-n:]
+    return ids      # a prompt with U+FFFD of its own: the whole of it (once; the window slides)
 
 
 class Detokenizer(Protocol):
@@ -44,7 +60,7 @@ class IncrementalDetokenizer:
     def __init__(self, decode: Callable[[Sequence[int]], str],
                  prompt_token_ids: Sequence[int] = ()) -> None:
         self._decode = decode
-        self._ids = list(prompt_token_ids[-PROMPT_CONTEXT_TOKENS:])
+        self._ids = prompt_context(prompt_token_ids, decode)
         self._prefix = 0                 # window start: context for the decoder
         self._read = len(self._ids)      # everything before this has been emitted
 
