@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -65,7 +66,15 @@ def _signals(on_signal: object) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def check_serve_extra() -> None:
+    missing = [name for name in ("starlette", "uvicorn", "prometheus_client", "jinja2")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"serving needs {', '.join(missing)}: pip install 'actorexec[serve]'")
+
+
 async def serve_main(args: argparse.Namespace) -> int:
+    check_serve_extra()
     import uvicorn
 
     from .openai.api_server import build_app
