@@ -86,3 +86,22 @@ def test_python_m_entrypoints_and_the_console_script_show_help():
     result = subprocess.run([str(script), "serve", "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and "--served-model-name" in result.stdout
+
+
+def test_a_worker_death_during_generate_is_reported_once(cache):
+    from tests.entrypoints.server import children, cmdline
+
+    proc = subprocess.Popen([*CLI, "generate", "--backend", "mp", "--lines", "--max-tokens",
+                             "900", "--ignore-eos", "One", "Two", "Three"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ACTOREXEC_CACHE": str(cache)})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while "[0] '" not in proc.stdout.readline():
+        assert time.monotonic() < deadline
+    (worker,) = [p for p in children(proc.pid) if "spawn_main" in cmdline(p)]
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    # Three streams fail with the same error; the demo says so once.
+    assert err.count("the engine failed: worker rank 0") == 1, err
