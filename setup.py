@@ -2,9 +2,11 @@
 
 from setuptools import find_packages, setup
 
-ROOTS = {folder: f"actorexec.{folder}" for folder in ("protocol", "runtime", "actors")}
+ROOTS = {folder: f"actorexec.{folder}"
+         for folder in ("protocol", "runtime", "actors", "entrypoints")}
 
-packages = []
+# "actorexec" itself: a namespace package holding only __main__.py (entrypoints/toplevel/).
+packages = ["actorexec"]
 for folder, name in ROOTS.items():
     packages.append(name)
     packages += [f"{name}.{sub}" for sub in find_packages(folder)]

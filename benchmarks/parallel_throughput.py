@@ -138,7 +138,8 @@ def main() -> None:
     parser.add_argument("--reqs", type=int, default=32, help="requests per batch (group)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--out", default="benchmarks/results/parallel_throughput.json")
+    parser.add_argument("--out", default=  # a new file per run: results are kept
+                        f"benchmarks/results/parallel_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
     parser.add_argument("--only", default=None, help="run only configurations with this prefix")
     parser.add_argument("--trace-dir", default=None,
                         help="write torch-profiler traces of the PP=2, 2-in-flight run here")

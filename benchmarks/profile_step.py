@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--reqs", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--out", default="benchmarks/results/profile_step.json")
+    parser.add_argument("--out", default=  # a new file per run: results are kept
+                        f"benchmarks/results/profile_step-{time.strftime('%Y%m%d-%H%M%S')}.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = args.device == "cuda"

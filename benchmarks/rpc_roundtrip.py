@@ -123,8 +123,9 @@ async def bench_all(iters: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=2000)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                     "rpc_roundtrip.json"))
+    parser.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
+        os.path.dirname(__file__), "results",
+        f"rpc_roundtrip-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     args = parser.parse_args()
     report = {"iters": args.iters, "cpus": os.cpu_count(), "python": sys.version.split()[0],
               "loops": {}}

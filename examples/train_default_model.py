@@ -8,6 +8,10 @@ plain-text licenses in /usr/share/common-licenses (on every Debian/Ubuntu
 machine, offline) for a few CPU minutes.
 
     python examples/train_default_model.py --steps 600 --threads 1
+
+It writes to a new directory (``trained-default-model-<time>/``) unless told
+otherwise; to replace the shipped weights, ask for it:
+``--out actors/engine/default_model_data``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(DATA_DIR))
+    ap.add_argument("--out", default=f"trained-default-model-{time.strftime('%Y%m%d-%H%M%S')}",
+                    help=f"output directory (a new one by default; the shipped weights are in "
+                         f"{DATA_DIR})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,6 +74,8 @@ def main() -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     print(f"wrote {out / 'model.safetensors'}")
+    if out.resolve() != DATA_DIR.resolve():
+        print(f"to ship it: --out {DATA_DIR} (or copy it there)")
 
 
 if __name__ == "__main__":

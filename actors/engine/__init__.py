@@ -11,24 +11,25 @@ from typing import TYPE_CHECKING, Any
 from .block_pool import BlockPool
 from .default_model import default_model_dir, ensure_default_model
 from .request import FinishReason, Request, RequestOutput, RequestStatus
+from .request_stream import RequestStream
 from .scheduler import Scheduler
 from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
-    from .engine import AsyncEngine
+    from .engine import AsyncEngine, EngineStats
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: the engine pulls in the executor (and torch through it); the scheduler does not.
-    if name == "AsyncEngine":
-        from .engine import AsyncEngine
+    if name in ("AsyncEngine", "EngineStats"):
+        from . import engine
 
-        return AsyncEngine
+        return getattr(engine, name)
     raise AttributeError(name)
 
 
 __all__ = [
-    "AsyncEngine", "BlockPool", "ByteTokenizer", "FinishReason", "Request", "RequestOutput",
-    "RequestStatus", "Scheduler", "Tokenizer", "default_model_dir", "ensure_default_model",
-    "load_tokenizer",
+    "AsyncEngine", "BlockPool", "ByteTokenizer", "EngineStats", "FinishReason", "Request",
+    "RequestOutput", "RequestStatus", "RequestStream", "Scheduler", "Tokenizer",
+    "default_model_dir", "ensure_default_model", "load_tokenizer",
 ]

@@ -1,26 +1,32 @@
 """The default model: a tiny Llama made deterministically on first use, no download.
 
-Written in HF format (``config.json`` + ``model.safetensors``) with torch and
-safetensors only, plus our byte tokenizer, into
-``~/.cache/actorexec/default-model-v1`` (``$ACTOREXEC_CACHE`` overrides the
-root). Its weights were trained for a few CPU minutes on the plain-text
-software licenses of a Debian system (``examples/train_default_model.py``) and
-ship with the package; it babbles license-like English, nothing more. Where
-the shipped file is missing, seeded random weights are written instead and
-the text is NOT meaningful. Either way the demo and tests run anywhere, offline.
+Written in HF format (``config.json`` + ``model.safetensors``) with torch
+only (no numpy), plus our byte tokenizer and a ``tokenizer_config.json`` with a
+simple chat template, into ``~/.cache/actorexec/default-model-v2-*``
+(``$ACTOREXEC_CACHE`` overrides the root). Its weights were trained for a few
+CPU minutes on the plain-text software licenses of a Debian system
+(``examples/train_default_model.py``) and ship with the package; it babbles
+license-like English, nothing more. Where the shipped file is missing, seeded
+random weights are written instead and the text is NOT meaningful. Either
+way the demo and tests run anywhere, offline.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import struct
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from .tokenizer import ByteTokenizer
+from .tokenizer import TOKENIZER_CONFIG_FILE, ByteTokenizer
 
-VERSION = "v1"
+# v2: tokenizer_config.json (chat template) added; a new directory, so old caches stay valid.
+VERSION = "v2"
 # Trained weights shipped with the package (see examples/train_default_model.py);
 # when absent, random seeded weights are written instead.
 DATA_DIR = Path(__file__).parent / "default_model_data"
@@ -47,6 +53,12 @@ CONFIG = {
     "torch_dtype": "float32",
     "attention_bias": False,
 }
+# "Role: content" lines, then "Assistant:": enough for chat requests to work out of the box
+# (the model was trained on licenses, not dialogues; its replies are babble).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
 def default_model_dir() -> Path:
@@ -55,7 +67,7 @@ def default_model_dir() -> Path:
     return Path(root) / f"default-model-{VERSION}-{kind}"
 
 
-def _weights() -> dict[str, object]:
+def _weights() -> dict[str, Any]:
     import torch
 
     c = CONFIG
@@ -67,7 +79,7 @@ def _weights() -> dict[str, object]:
         # std 1/sqrt(fan_in) keeps activations O(1) so logits have a clear argmax.
         return torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
 
-    w: dict[str, object] = {"model.embed_tokens.weight": torch.randn(vocab, h, generator=gen)}
+    w: dict[str, Any] = {"model.embed_tokens.weight": torch.randn(vocab, h, generator=gen)}
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         w[p + "self_attn.q_proj.weight"] = rand(nh * hd, h)
@@ -84,10 +96,38 @@ def _weights() -> dict[str, object]:
     return w
 
 
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path) -> None:
+    """Writes CPU tensors in the safetensors format without numpy.
+
+    ``safetensors.torch.save_file`` goes through numpy, which the demo's
+    environment does not have. The format is simple: an 8-byte little-endian
+    header length, a JSON header (dtype, shape, byte range per tensor), the bytes.
+    """
+    if sys.byteorder != "little":
+        raise RuntimeError("save_safetensors writes host byte order, which must be little-endian")
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    blobs: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")],
+                        "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        blobs.append(ctypes.string_at(t.data_ptr(), nbytes))   # host byte order: little-endian
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)          # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for blob in blobs:
+            f.write(blob)
+
+
 def write_default_model(directory: Path | str) -> Path:
     """Writes the default model into ``directory`` (created; contents replaced)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(CONFIG, indent=2))
@@ -97,8 +137,11 @@ def write_default_model(directory: Path | str) -> Path:
     if shipped.is_file():
         shutil.copyfile(shipped, directory / "model.safetensors")
     else:
-        save_file(_weights(), str(directory / "model.safetensors"), metadata={"format": "pt"})
-    ByteTokenizer().save(directory)
+        save_safetensors(_weights(), directory / "model.safetensors")
+    tokenizer = ByteTokenizer()
+    tokenizer.save(directory)
+    (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(
+        {**tokenizer.special_tokens, "chat_template": CHAT_TEMPLATE}, indent=2))
     return directory
 
 

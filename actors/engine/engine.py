@@ -5,7 +5,9 @@ One background task (the engine loop) owns the scheduler. It keeps up to
 other in-flight step has; when a step's output arrives its requests become
 schedulable again and their new tokens go to their streams. ``generate()``
 calls only enqueue and read a per-request queue, so thousands of concurrent
-streams cost one loop task, not one task each.
+streams cost one loop task, not one task each. Each request's text is
+detokenized incrementally and checked for stop strings here, in the loop
+(``TextStream``), so a stop string finishes the request in the step it appears.
 """
 
 from __future__ import annotations
@@ -30,16 +32,28 @@ from actorexec.protocol import (
     TokenLogprobs,
 )
 
+from .main_guard import check_spawn_safe
 from .request import FinishReason, Request, RequestOutput
+from .request_stream import RequestStream, StreamState
 from .scheduler import Scheduler
-from .tokenizer import Detokenizer, Tokenizer, load_tokenizer
+from .stop_strings import validate_stop_strings
+from .text_stream import TextStream
+from .tokenizer import Tokenizer, load_tokenizer
 
 
-@dataclass
-class _Stream:
-    queue: asyncio.Queue[RequestOutput | BaseException]
-    detokenizer: Detokenizer | None
-    done: bool = False
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the scheduler's load, for metrics and health pages."""
+
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_blocks: int
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Share of KV blocks in use, 0..1 (vLLM's ``kv_cache_usage_perc``)."""
+        return 1.0 - self.num_free_blocks / self.num_blocks if self.num_blocks else 0.0
 
 
 @dataclass
@@ -52,10 +66,12 @@ class AsyncEngine:
     """Continuous batching over an Executor, streaming tokens to many concurrent callers.
 
     Create with ``await AsyncEngine.create(config)`` and use as an async
-    context manager. A request is added on the first iteration of its
-    ``generate()`` stream; an invalid one raises ``InvalidRequestError`` there
-    and nothing else is affected. If the executor fails, every live stream
-    raises the executor's error and later calls raise at once.
+    context manager. ``add_request()`` validates and queues a request at once
+    and returns its ``RequestStream`` (what a server wants: errors before any
+    response is sent); ``generate()`` does the same on its first iteration. An
+    invalid request raises ``InvalidRequestError`` and nothing else is
+    affected. If the executor fails, every live stream raises the executor's
+    error and later calls raise at once.
     """
 
     def __init__(self, config: Config, executor: Executor, kv_cache_config: KVCacheConfig,
@@ -72,7 +88,7 @@ class AsyncEngine:
             eos.add(tokenizer.eos_token_id)
         self.scheduler = Scheduler(config.scheduler, kv_cache_config.num_blocks,
                                    kv_cache_config.block_size, self.max_model_len, eos)
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, StreamState] = {}
         self._in_flight: list[_InFlight] = []
         self._wake = asyncio.Event()
         self._error: BaseException | None = None
@@ -88,11 +104,12 @@ class AsyncEngine:
 
         ``tokenizer="auto"`` loads the one the model directory describes (or none).
         """
+        check_spawn_safe(_spawns_workers(config))
+        if tokenizer == "auto":     # before any worker starts: a bad tokenizer fails fast
+            tokenizer = load_tokenizer(config.model.tokenizer or config.model.model)
         executor = await Executor.create(config)
         try:
             kv_cache_config = await executor.initialize_kv_cache()
-            if tokenizer == "auto":
-                tokenizer = load_tokenizer(config.model.tokenizer or config.model.model)
             return cls(config, executor, kv_cache_config, tokenizer)  # type: ignore[arg-type]
         except BaseException:
             await executor.shutdown()
@@ -106,49 +123,72 @@ class AsyncEngine:
 
     @property
     def is_failed(self) -> bool:
-        return self._error is not None and not isinstance(self._error, ActorClosedError)
+        """The executor failed (a worker died): no request can run any more."""
+        if self._error is not None and not isinstance(self._error, ActorClosedError):
+            return True
+        return self.executor.is_failed
 
     @property
     def num_free_blocks(self) -> int:
         return self.scheduler.pool.num_free
 
-    # ------------------------------------------------------------------ public API
-    async def generate(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None
-                       = None, request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Streams one request's new tokens; the last output has ``finished=True``.
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
+                           self.scheduler.pool.num_free, self.scheduler.pool.num_blocks)
 
-        Leaving the stream early (break, cancellation) aborts the request once
-        the generator is closed; wrap it in ``contextlib.aclosing`` to make that immediate.
+    # ------------------------------------------------------------------ public API
+    def add_request(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None
+                    = None, request_id: str | None = None, stop: Sequence[str] = (),
+                    ) -> RequestStream:
+        """Validates and queues a request now; returns the stream of its outputs.
+
+        Raises ``InvalidRequestError`` (changing nothing) for a request that
+        cannot run. ``stop`` strings end the request with ``"stop"`` when its
+        text contains one; the stop string and anything after it are not
+        emitted. Close the stream (or leave ``async with``) to abort early.
         """
         if self._error is not None:
             raise self._error
         params = sampling_params or SamplingParams()
+        stops = validate_stop_strings(stop)
+        if stops and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a tokenizer; this model has none")
         token_ids = self._encode(prompt)
         req_id = request_id or uuid.uuid4().hex
         self.scheduler.add_request(req_id, token_ids, params)   # validates; may raise
-        stream = _Stream(asyncio.Queue(),
-                         self.tokenizer.detokenizer() if self.tokenizer is not None else None)
-        self._streams[req_id] = stream
+        state = StreamState()
+        if self.tokenizer is not None:
+            state.text = TextStream(self.tokenizer.detokenizer(token_ids), stops,
+                                    params.min_tokens)
+        self._streams[req_id] = state
         self._wake.set()
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    return
-        finally:
-            self._streams.pop(req_id, None)
-            if not stream.done and self._error is None:
-                self.scheduler.abort_request(req_id)
-                self._wake.set()
+        return RequestStream(req_id, state, self._close_stream)
+
+    async def generate(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None
+                       = None, request_id: str | None = None, stop: Sequence[str] = (),
+                       ) -> AsyncIterator[RequestOutput]:
+        """Streams one request's new tokens; the last output has ``finished=True``.
+
+        The request is added on the first iteration. Leaving the stream early
+        (break, cancellation) aborts the request once the generator is closed;
+        wrap it in ``contextlib.aclosing`` to make that immediate.
+        """
+        async with self.add_request(prompt, sampling_params, request_id, stop) as stream:
+            async for out in stream:
+                yield out
 
     async def abort(self, request_id: str) -> None:
         """Stops a request now: its blocks are freed and its stream ends with ``"abort"``."""
         req = self.scheduler.abort_request(request_id)
         if req is not None:
             self._publish(req, [])
+            self._wake.set()
+
+    def _close_stream(self, req_id: str, state: StreamState) -> None:
+        if self._streams.get(req_id) is state:
+            del self._streams[req_id]
+        if not state.done and self._error is None:
+            self.scheduler.abort_request(req_id)
             self._wake.set()
 
     async def shutdown(self) -> None:
@@ -205,11 +245,20 @@ class AsyncEngine:
         stream = self._streams.get(req.req_id)
         if stream is None or stream.done:
             return
-        text = stream.detokenizer.step(new_tokens) if stream.detokenizer is not None else ""
+        text, reason = "", req.finish_reason
+        if stream.text is not None:
+            text, stopped = stream.text.push(new_tokens, len(req.output_token_ids),
+                                             req.is_finished)
+            if stopped:
+                # A stop string ended the text: finish the request now (frees its blocks;
+                # a step already in flight for it is ignored when it returns).
+                self.scheduler.abort_request(req.req_id)
+                reason = FinishReason.STOP
+                self._wake.set()
         stream.done = req.is_finished
         stream.queue.put_nowait(RequestOutput(
             request_id=req.req_id, new_token_ids=new_tokens, token_ids=list(req.output_token_ids),
-            text=text, finished=req.is_finished, finish_reason=req.finish_reason,
+            text=text, finished=req.is_finished, finish_reason=reason,
             logprobs=logprobs or []))
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -228,6 +277,8 @@ class AsyncEngine:
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt is empty")
             if self.tokenizer is None:
                 raise InvalidRequestError("this model has no tokenizer: pass token ids")
             return self.tokenizer.encode(prompt)
@@ -237,3 +288,13 @@ class AsyncEngine:
             raise InvalidRequestError(
                 f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         return ids
+
+
+def _spawns_workers(config: Config) -> bool:
+    """Whether the executor this config picks starts worker processes (``mp``)."""
+    from actorexec.actors.executor.multiproc import MultiprocExecutor
+
+    try:
+        return issubclass(Executor.get_class(config), MultiprocExecutor)
+    except ValueError:          # an unknown backend: Executor.create says so
+        return False

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,84 @@ async def test_logprobs_come_with_each_new_token_when_asked(tiny_llama):
     for out in outs:
         assert [lp.token_ids[0] for lp in out.logprobs] == out.new_token_ids
         assert all(len(lp.token_ids) == 3 and lp.sampled_rank == 1 for lp in out.logprobs)
+
+
+async def test_a_stop_string_ends_the_text_before_it_and_frees_the_blocks_at_once(tmp_path):
+    model = ensure_default_model(tmp_path / "default")
+    async with await AsyncEngine.create(config(model)) as engine:
+        reference = "".join(o.text for o in await collect(engine, "This program", greedy(40)))
+        stop = reference[10:13]
+        outs = [o async for o in engine.generate("This program", greedy(40), stop=[stop])]
+        assert "".join(o.text for o in outs) == reference[:reference.index(stop)]
+        assert outs[-1].finished and outs[-1].finish_reason is FinishReason.STOP
+        assert len(outs[-1].token_ids) < 40          # it did not run on to max_tokens
+        assert engine.num_free_blocks == engine.kv_cache_config.num_blocks
+        assert not engine.scheduler.has_work()
+
+
+async def test_an_empty_prompt_is_rejected_as_the_docs_say(tmp_path):
+    model = ensure_default_model(tmp_path / "default")
+    async with await AsyncEngine.create(config(model)) as engine:
+        with pytest.raises(InvalidRequestError, match="empty"):
+            engine.add_request("", greedy(4))
+        with pytest.raises(InvalidRequestError, match="empty"):
+            await collect(engine, "", greedy(4))
+        with pytest.raises(InvalidRequestError, match="empty"):
+            await collect(engine, [], greedy(4))
+
+
+async def test_add_request_validates_at_once_and_closing_its_stream_aborts(tiny_llama):
+    async with await AsyncEngine.create(config(tiny_llama)) as engine:
+        total = engine.kv_cache_config.num_blocks
+        with pytest.raises(InvalidRequestError, match="maximum model length"):
+            engine.add_request(prompt(0, MAX_POS + 1), greedy(4))
+        assert not engine.scheduler.has_work()         # nothing was queued
+        async with engine.add_request(prompt(0, 20), greedy(200)) as stream:
+            first = await anext(stream)
+            assert not first.finished and engine.num_free_blocks < total
+        assert engine.num_free_blocks == total and not engine.scheduler.has_work()
+
+
+async def test_a_model_directory_with_tokenizer_json_streams_its_text(tmp_path):
+    from tests.actors.engine.tokenizer_files import byte_level_bpe
+
+    model = make_tiny_checkpoint(tmp_path / "m", "llama", vocab_size=320)
+    byte_level_bpe(model)
+    async with await AsyncEngine.create(config(model)) as engine:
+        outs = await collect(engine, "héllo wörld ✓", greedy(30))
+        assert engine.tokenizer is not None
+        text = "".join(o.text for o in outs)
+        assert text == engine.tokenizer.decode(outs[-1].token_ids) and text
+
+
+UNGUARDED = """
+import asyncio
+from actorexec.actors.engine import AsyncEngine
+from actorexec.protocol import Config, ModelConfig, ParallelConfig
+
+async def main():
+    config = Config(model=ModelConfig(model={model!r}),
+                    parallel=ParallelConfig(distributed_executor_backend="mp"))
+    async with await AsyncEngine.create(config):
+        pass
+{tail}
+"""
+
+
+@pytest.mark.parametrize("tail, message", [
+    # No guard at all: caught before any process starts.
+    ("asyncio.run(main())",
+     'put the code that starts the engine under `if __name__ == "__main__":`'),
+    # A guard, but the engine also starts at the top level: caught in the worker.
+    ('if __name__ == "__main__":\n    pass\nasyncio.run(main())',
+     "an engine was started while a worker process was starting"),
+])
+def test_an_unguarded_mp_script_fails_with_one_clear_line(tmp_path, tiny_llama, tail, message):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(model=str(tiny_llama), tail=tail))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert result.stderr.count(message) == 1
