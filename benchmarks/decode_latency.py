@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import datetime
 import gc
+import io
 import json
 import os
+import pstats
 import statistics
 import tempfile
 import time
@@ -149,11 +152,28 @@ def graph_probe(executor: Executor) -> Callable[[int | None], dict]:
     Step time minus replay time is what the host (runtime, inputs, sampling, reply) adds."""
     runner = executor.refs[0].actor.model_runner  # the uni executor's in-process worker
 
+    state: dict = {}
+
     def probe(batch: int | None) -> dict:
-        if batch is None:  # decode starts: forget the prefill steps' phases
+        if batch is None:  # decode starts: forget the prefill steps' phases; profile Python
             runner.phase_clock.reset()
+            state["profile"] = cProfile.Profile()
+            state["execute"] = runner.execute_model
+
+            def profiled(so: SchedulerOutput) -> object:
+                state["profile"].enable()
+                try:
+                    return state["execute"](so)
+                finally:
+                    state["profile"].disable()
+
+            runner.execute_model = profiled
             return {}
-        out: dict = {"phases_us": runner.phase_clock.per_step_us()}
+        runner.execute_model = state["execute"]
+        text = io.StringIO()
+        pstats.Stats(state["profile"], stream=text).sort_stats("tottime").print_stats(22)
+        print(text.getvalue(), flush=True)
+        out: dict = {"phases_us": runner.phase_clock.per_step_us(), "python": text.getvalue()}
         runner.phase_clock.reset()
         size = runner.graphs.bucket_for(batch) if runner.graphs is not None else None
         if size is None:

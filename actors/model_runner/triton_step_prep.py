@@ -20,7 +20,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Counts vary every step: not specialised (Triton would recompile for 1 and for
+# multiples of 16, a ~20 ms stall mid-run the first time each appears).
+@triton.jit(do_not_specialize=["num_tok", "num_blk"])
 def _scatter_kernel(buf_ptr, num_tok, num_blk, tok_table_ptr, blk_table_ptr,
                     BLOCK: tl.constexpr):
     # buf: [tok_idx (num_tok) | tok_val (num_tok) | blk_idx (num_blk) | blk_val (num_blk)]
@@ -36,7 +38,7 @@ def _scatter_kernel(buf_ptr, num_tok, num_blk, tok_table_ptr, blk_table_ptr,
     tl.store(blk_table_ptr + blk_idx, blk_val.to(tl.int32), mask=is_blk)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_reqs", "num_tokens"])
 def _prepare_kernel(req_ptr, num_reqs, num_tokens, tok_table_ptr, tok_stride, blk_table_ptr,
                     blk_stride, input_ids_ptr, positions_ptr, slots_ptr, token_req_ptr,
                     token_q_ptr, seq_lens_ptr, query_lens_ptr, qsl_ptr, req_rows_ptr,
