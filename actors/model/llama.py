@@ -18,7 +18,11 @@ from torch import nn
 from actorexec.actors.model.hf_config import HFModelConfig
 from actorexec.actors.model.layers.attention import AttentionMetadata, PagedAttention
 from actorexec.actors.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from actorexec.actors.model.layers.fused_ops import silu_and_mul
+from actorexec.actors.model.layers.fused_ops import (
+    rope_and_write_kv_,
+    silu_and_mul,
+    use_triton,
+)
 from actorexec.actors.model.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
@@ -57,6 +61,12 @@ class LlamaAttention(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj.split(self.qkv_proj(x))  # [T, Hq, D], [T, Hkv, D] x2
         q, k = self.qk_norm(q, k)
+        cache = self.attn.kv_cache
+        if cache is not None and meta.use_cache and use_triton(q):
+            # GPU: RoPE and the K/V cache write in one kernel (two fewer launches a layer).
+            rope_and_write_kv_(q, k, v, self.rotary_emb.table(q.device), positions, cache,
+                               meta.slot_mapping)
+            return self.o_proj(self.attn(q, k, v, meta, kv_written=True))
         q, k = self.rotary_emb(positions, q, k)
         return self.o_proj(self.attn(q, k, v, meta))     # [T, hidden] after all-reduce
 

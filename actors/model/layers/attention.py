@@ -183,13 +183,15 @@ class PagedAttention(nn.Module):
         self.kv_cache: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        # q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq * D]
+                meta: AttentionMetadata, kv_written: bool = False) -> torch.Tensor:
+        """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq * D]. ``kv_written``: the caller already
+        put this step's k/v into the cache (fused with RoPE on the GPU)."""
         if not meta.use_cache or self.kv_cache is None:
             out = F.scaled_dot_product_attention(
                 q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
                 is_causal=True, scale=self.scale, enable_gqa=True).transpose(0, 1)
         else:
-            write_kv(self.kv_cache, k, v, meta.slot_mapping)
+            if not kv_written:
+                write_kv(self.kv_cache, k, v, meta.slot_mapping)
             out = paged_attention(q, self.kv_cache, meta, self.scale)
         return out.reshape(q.shape[0], -1)

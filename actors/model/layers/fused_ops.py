@@ -144,6 +144,70 @@ def rope_(q: torch.Tensor, k: torch.Tensor, cos_sin: torch.Tensor,
     return q, k
 
 
+if triton is not None:
+
+    @triton.jit
+    def _rope_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_ptr, vc_ptr,
+                              q_st, q_sh, k_st, k_sh, v_st, v_sh, c_sb, c_ss, c_sh,
+                              num_q, num_kv, block_size, HALF: tl.constexpr,
+                              BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr):
+        # One program per token: rotate its q heads and k heads in place, then copy the
+        # rotated k and its v into the token's cache slot (slot < 0: graph padding, skip).
+        t = tl.program_id(0).to(tl.int64)
+        pos = tl.load(pos_ptr + t).to(tl.int64)
+        d = tl.arange(0, HALF)
+        cos = tl.load(cs_ptr + pos * (2 * HALF) + d)[None, :]
+        sin = tl.load(cs_ptr + pos * (2 * HALF) + HALF + d)[None, :]
+        hq = tl.arange(0, BLOCK_Q)
+        mq = (hq < num_q)[:, None]
+        qb = q_ptr + t * q_st + hq[:, None] * q_sh + d[None, :]
+        q1 = tl.load(qb, mask=mq, other=0.0).to(tl.float32)
+        q2 = tl.load(qb + HALF, mask=mq, other=0.0).to(tl.float32)
+        tl.store(qb, (q1 * cos - q2 * sin).to(q_ptr.dtype.element_ty), mask=mq)
+        tl.store(qb + HALF, (q2 * cos + q1 * sin).to(q_ptr.dtype.element_ty), mask=mq)
+        hk = tl.arange(0, BLOCK_KV)
+        mk = (hk < num_kv)[:, None]
+        kb = k_ptr + t * k_st + hk[:, None] * k_sh + d[None, :]
+        k1 = tl.load(kb, mask=mk, other=0.0).to(tl.float32)
+        k2 = tl.load(kb + HALF, mask=mk, other=0.0).to(tl.float32)
+        r1 = (k1 * cos - k2 * sin).to(k_ptr.dtype.element_ty)
+        r2 = (k2 * cos + k1 * sin).to(k_ptr.dtype.element_ty)
+        tl.store(kb, r1, mask=mk)
+        tl.store(kb + HALF, r2, mask=mk)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:
+            dst = (slot // block_size) * c_sb + (slot % block_size) * c_ss \
+                + hk[:, None] * c_sh + d[None, :]
+            tl.store(kc_ptr + dst, r1.to(kc_ptr.dtype.element_ty), mask=mk)
+            tl.store(kc_ptr + dst + HALF, r2.to(kc_ptr.dtype.element_ty), mask=mk)
+            vb = v_ptr + t * v_st + hk[:, None] * v_sh + d[None, :]
+            tl.store(vc_ptr + dst, tl.load(vb, mask=mk, other=0.0).to(vc_ptr.dtype.element_ty),
+                     mask=mk)
+            tl.store(vc_ptr + dst + HALF, tl.load(vb + HALF, mask=mk, other=0.0).to(
+                vc_ptr.dtype.element_ty), mask=mk)
+
+
+def rope_and_write_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       cos_sin: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor) -> None:
+    """RoPE on q [T, Hq, D] and k [T, Hkv, D] in place, and k, v into their cache slots
+    (``kv_cache`` [2, num_blocks, block_size, Hkv, D]): one launch instead of three.
+    Triton only (callers use ``rope_`` and ``write_kv`` where ``use_triton`` is False)."""
+    tokens, num_q, dim = q.shape
+    num_kv = k.shape[1]
+    if not tokens:
+        return
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dims must be contiguous"
+    kc, vc = kv_cache[0], kv_cache[1]
+    assert kc.stride(-1) == 1
+    _rope_write_kv_kernel[(tokens,)](
+        q, k, v, positions, cos_sin, slot_mapping, kc, vc, q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), kc.stride(0), kc.stride(1),
+        kc.stride(2), num_q, num_kv, kc.shape[1], HALF=dim // 2,
+        BLOCK_Q=triton.next_power_of_2(num_q), BLOCK_KV=triton.next_power_of_2(num_kv),
+        num_warps=4)
+
+
 # ----------------------------------------------------------------------------- SwiGLU
 def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     """[T, 2I] -> silu(gate) * up, [T, I], as HF computes it in the model dtype."""

@@ -49,6 +49,13 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(t, inv_freq)  # [max_position, head_dim / 2]
         self.cos_sin = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
 
+    def table(self, device: torch.device) -> torch.Tensor:
+        """The ``[max_position, head_dim]`` cos | sin table on ``device`` (built on first use)."""
+        if self.cos_sin is None or self.cos_sin.device != device:
+            self.init_buffers(device)
+        assert self.cos_sin is not None
+        return self.cos_sin
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         # q: [num_tokens, num_heads, head_dim], k: [num_tokens, num_kv_heads, head_dim]

@@ -11,13 +11,17 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
 
 CHECK = textwrap.dedent("""
-    import torch
+    import sys, torch
+    sys.path.insert(0, ROOT)
+    from tests.triton_interpret import use_triton_interpreter
+    use_triton_interpreter()
     from actorexec.actors.model.layers import fused_ops as f
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -53,6 +57,21 @@ CHECK = textwrap.dedent("""
             assert torch.allclose(ok.float(), rk.float(), atol=tol, rtol=tol)
             # in place on the QKV buffer, V untouched
             assert oq.data_ptr() == q.data_ptr()
+            # RoPE fused with the cache write: same q, k, and the cache holds rotated k and v
+            from actorexec.actors.model.layers.attention import reference_write_kv
+            qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=dev).to(dtype)
+            q = qkv[:, : hq * d].view(tokens, hq, d)
+            k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
+            v = qkv[:, (hq + hkv) * d :].view(tokens, hkv, d)
+            slots = torch.tensor([5, -1, 0, 9, 2], device=dev)
+            cache = torch.zeros(2, 3, 4, hkv, d, device=dev, dtype=dtype)
+            ref_cache = cache.clone()
+            rq, rk = f.rope_ref(q.clone(), k.clone(), cs, pos)
+            reference_write_kv(ref_cache, rk, v, slots)
+            f.rope_and_write_kv_(q, k, v, cs, pos, cache, slots)
+            assert torch.allclose(q.float(), rq.float(), atol=tol, rtol=tol)
+            assert torch.allclose(k.float(), rk.float(), atol=tol, rtol=tol)
+            assert torch.allclose(cache.float(), ref_cache.float(), atol=tol, rtol=tol)
     print("ok")
 """)
 
@@ -66,7 +85,8 @@ def test_fused_kernels_equal_their_torch_references() -> None:
         cuda = False
     if not cuda:
         env["TRITON_INTERPRET"] = "1"
-    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
-                         timeout=600)
+    root = str(Path(__file__).resolve().parents[3])
+    out = subprocess.run([sys.executable, "-c", CHECK.replace("ROOT", repr(root))], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ok" in out.stdout
