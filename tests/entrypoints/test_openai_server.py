@@ -13,12 +13,15 @@ import json
 import time
 from collections.abc import Iterator
 
-import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from actorexec.actors.engine import ByteTokenizer
-from tests.entrypoints.server import Server
+# The serving extra and the test client; CI installs both, a bare GPU machine may not.
+openai = pytest.importorskip("openai")
+text_string_to_metric_families = pytest.importorskip(
+    "prometheus_client.parser").text_string_to_metric_families
+
+from actorexec.actors.engine import ByteTokenizer  # noqa: E402
+from tests.entrypoints.server import Server  # noqa: E402
 
 MODEL = "actorexec-default"
 KEY = "test-key"
