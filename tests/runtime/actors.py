@@ -17,6 +17,10 @@ class Counter(Actor):
         return self.count
 
     @expose
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+    @expose
     def pid(self) -> int:
         return os.getpid()
 
