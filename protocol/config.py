@@ -105,6 +105,9 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
     # "module:QualName" of the worker actor class each rank runs.
     worker_cls: str = "actorexec.actors.worker:Worker"
     worker_start_timeout_s: float = 180.0
+    # Forward-progress watchdog: a step (execute_model) running longer fails the executor,
+    # naming the rank and the step. None turns it off.
+    step_timeout_s: float | None = 300.0
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
@@ -130,6 +133,7 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"ParallelConfig.worker_cls must be 'module:QualName', "
                               f"got {self.worker_cls!r}")
         _positive("ParallelConfig", "worker_start_timeout_s", self.worker_start_timeout_s)
+        _positive("ParallelConfig", "step_timeout_s", self.step_timeout_s, allow_none=True)
 
     @property
     def world_size(self) -> int:

@@ -9,6 +9,7 @@ from actorexec.runtime import Actor, expose
 
 class Counter(Actor):
     def __init__(self, start: int) -> None:
+        super().__init__()
         self.count = start
 
     @expose
