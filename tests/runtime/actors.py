@@ -25,5 +25,23 @@ class Counter(Actor):
     def pid(self) -> int:
         return os.getpid()
 
+    @expose
+    def break_replies(self) -> None:
+        """Fault injection: from now on this process's reply socket raises, as a ZeroMQ
+        error while sending would (the socket and process stay real)."""
+        import errno
+        import gc
+
+        import zmq
+
+        from actorexec.runtime.server import ActorServer
+
+        server = next(o for o in gc.get_objects() if isinstance(o, ActorServer))
+
+        def broken(*args: object) -> None:
+            raise zmq.ZMQError(errno.ENOTSUP)
+
+        server.transport.send_to = broken  # type: ignore[method-assign]
+
     def secret(self) -> None:  # not exposed: must never run from outside
         self.count = -1000
