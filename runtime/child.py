@@ -34,6 +34,7 @@ PR_SET_PDEATHSIG = 1
 FAILED_EXIT_CODE = 3
 ORPHANED_EXIT_CODE = 4
 _WATCH_INTERVAL_S = 0.2
+_REPARENT_WAIT_S = 0.2
 
 
 def import_path(path: str) -> Any:
@@ -94,8 +95,13 @@ class _ParentWatch:
             os._exit(ORPHANED_EXIT_CODE)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
-        if self.parent_gone():
-            self.exit_orphaned()
+        # PDEATHSIG may arrive before getppid() shows the new parent (seen here): wait a
+        # moment before deciding that someone else sent SIGTERM.
+        deadline = time.monotonic() + _REPARENT_WAIT_S
+        while time.monotonic() < deadline:
+            if self.parent_gone():
+                self.exit_orphaned()
+            time.sleep(0.005)
         with self._lock:  # someone else terminates us: clean up, then die by the signal
             self.cleanup.run(parent_gone=False)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
