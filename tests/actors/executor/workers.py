@@ -26,6 +26,38 @@ from actorexec.protocol import (
 from actorexec.runtime import expose
 
 
+class EchoRunner:
+    """Stands in for the model runner behind the real ``Worker.execute_model``: echoes the
+    step id as each request's token. Environment knobs (inherited by worker processes):
+    ``ACTOREXEC_TEST_STEP_SLEEP_S`` makes step 13 hang that long (the watchdog test);
+    ``ACTOREXEC_TEST_REPLY_LATER_S`` returns each output as a future completed that much
+    later (as a device->host copy in flight would)."""
+
+    def __init__(self, worker: EchoWorker) -> None:
+        self.worker = worker
+        self.hang_s = float(os.environ.get("ACTOREXEC_TEST_STEP_SLEEP_S", "0"))
+        self.later_s = float(os.environ.get("ACTOREXEC_TEST_REPLY_LATER_S", "0"))
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> Any:
+        if scheduler_output.step_id < 0:
+            raise InvalidRequestError(f"bad step id {scheduler_output.step_id}")
+        self.worker.log.append(("step", scheduler_output.step_id))
+        if self.hang_s and scheduler_output.step_id == 13:
+            time.sleep(self.hang_s)
+        par = self.worker.config.parallel
+        output = None
+        if self.worker.rank == par.world_size - par.tensor_parallel_size:
+            req_ids = list(scheduler_output.num_scheduled_tokens)
+            output = ModelRunnerOutput(
+                step_id=scheduler_output.step_id, req_ids=req_ids,
+                sampled_token_ids=[[scheduler_output.step_id]] * len(req_ids))
+        if not self.later_s:
+            return output
+        done: concurrent.futures.Future[ModelRunnerOutput | None] = concurrent.futures.Future()
+        threading.Timer(self.later_s, done.set_result, (output,)).start()
+        return done
+
+
 class EchoWorker(Worker):
     """Records what ran, so tests can assert order and that refused calls ran nothing."""
 
@@ -50,6 +82,7 @@ class EchoWorker(Worker):
 
     def load_model(self) -> None:
         self.log.append("load_model")
+        self.model_runner = EchoRunner(self)
 
     @expose
     def echo(self, value: Any) -> Any:
@@ -98,35 +131,9 @@ class EchoWorker(Worker):
             time.sleep(seconds)
         return self.rank
 
-    @expose(thread=True)
-    def later(self, value: int, after_s: float) -> int:
-        """Replies later: returns a future the loop awaits while this thread moves on."""
-        done: concurrent.futures.Future[int] = concurrent.futures.Future()
-        threading.Timer(after_s, done.set_result, (value,)).start()
-        self.log.append(("later", value))
-        return done  # type: ignore[return-value]  # the reply-later form of int
-
     @expose
     def die(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
-
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
-        if scheduler_output.step_id < 0:
-            raise InvalidRequestError(f"bad step id {scheduler_output.step_id}")
-        hang = float(os.environ.get("ACTOREXEC_TEST_STEP_SLEEP_S", "0"))
-        token = self._steps.begin(scheduler_output.step_id)
-        try:
-            self.log.append(("step", scheduler_output.step_id))
-            if hang and scheduler_output.step_id == 13:  # the watchdog test's stuck step
-                time.sleep(hang)
-        finally:
-            self._steps.end(token)
-        par = self.config.parallel
-        if self.rank != par.world_size - par.tensor_parallel_size:
-            return None
-        req_ids = list(scheduler_output.num_scheduled_tokens)
-        return ModelRunnerOutput(step_id=scheduler_output.step_id, req_ids=req_ids,
-                                 sampled_token_ids=[[scheduler_output.step_id]] * len(req_ids))
 
     def execute_dummy_batch(self) -> None:
         self.log.append("dummy")
