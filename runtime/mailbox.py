@@ -100,6 +100,9 @@ class Mailbox:
         try:
             try:
                 await actor.on_start()
+            except asyncio.CancelledError:
+                self.started.cancel()
+                raise
             except BaseException as exc:
                 self.started.set_exception(exc)
                 raise
@@ -114,6 +117,8 @@ class Mailbox:
                 for task in others:
                     task.cancel()
             orderly = True
+            # Calls that arrived after the shutdown call: refused, never left waiting.
+            self._fail_unanswered(ActorClosedError(f"{type(actor).__name__} has stopped"))
         except BaseException as exc:
             for c in beside:  # never started if on_start failed: close, or Python warns
                 c.close()

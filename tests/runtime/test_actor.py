@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from actorexec.protocol import ActorClosedError
 from actorexec.runtime import ActorFatalError, LocalRef, PreparedCall, expose
 from actorexec.runtime.actor import Actor
 
@@ -128,7 +129,11 @@ async def test_the_lifecycle_runs_in_named_phases():
     assert actor.phase == "created"
     ref = await started(actor)
     assert actor.phase == "running"
-    await ref.submit(PreparedCall("shutdown", SPECS["shutdown"]))
+    stop = ref.submit(PreparedCall("shutdown", SPECS["shutdown"]))
+    after = call(ref, "on_loop")  # sent after the shutdown: refused, never left waiting
+    await stop
+    with pytest.raises(ActorClosedError):
+        await asyncio.wait_for(after, 1.0)
     await ref.close()
     assert actor.phase == "stopped" and actor.stopped_cleanly
 
