@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, overload
 
+from actorexec.actors.worker.health import WorkerHealth
 from actorexec.protocol import (
     Config,
     ExecutorFailedError,
@@ -30,7 +31,6 @@ from actorexec.protocol.codec import generic_spec
 from actorexec.runtime import ActorRef, PreparedCall
 from actorexec.runtime.child import import_path
 
-from ..worker.health import WorkerHealth
 from .futures import CollectiveReplies
 
 logger = logging.getLogger("actorexec.executor")
@@ -197,7 +197,8 @@ class Executor(abc.ABC):
         return self.failure is not None
 
     def register_failure_callback(self, callback: FailureCallback) -> None:
-        """``callback()`` runs exactly once, when a worker dies (at once if one already has)."""
+        """``callback()`` runs exactly once, when the executor fails (a worker died, the ranks
+        diverged, a watchdog fired); at once if it already has."""
         if self.failure is not None:
             callback()
         else:
