@@ -51,7 +51,7 @@ class ActorServer:
     async def serve(self) -> None:
         """Serve until the actor stops (its ``shutdown``); raises if it stopped on a failure."""
         try:
-            await self.mailbox.run(self._recv_loop())
+            await self.mailbox.run(self._recv_loop(), self.transport.wait_send_failure())
         finally:
             await asyncio.sleep(FLUSH_S)
             self.transport.close()

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 from actorexec.protocol.codec import Frame
 
+from .peer_outbox import PeerOutbox
+
 logger = logging.getLogger("actorexec.runtime.transport")
 
 BACKENDS = ("aiozmq", "pyzmq")
@@ -31,6 +33,7 @@ class Transport(abc.ABC):
     """One ZeroMQ socket on the running event loop."""
 
     endpoint: str
+    _peers: PeerOutbox
 
     @abc.abstractmethod
     def send(self, frames: Sequence[Frame]) -> None:
@@ -40,6 +43,11 @@ class Transport(abc.ABC):
     def send_to(self, identity: bytes, frames: Sequence[Frame]) -> None:
         """Send one message to the peer ``identity`` now, or queue it behind that peer's
         earlier replies (ROUTER side); never waits behind another peer."""
+
+    async def wait_send_failure(self) -> None:
+        """Never returns; raises if a reply queued for a slow peer later fails to send
+        (ROUTER side). Hosts await it in their task group."""
+        await self._peers.wait_failure()
 
     @abc.abstractmethod
     async def recv(self) -> list[bytes]:

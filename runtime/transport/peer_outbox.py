@@ -8,7 +8,9 @@ every later reply, to every peer, behind that one. Here each reply is tried at
 once without blocking; only replies to a peer whose own pipe is full wait, in
 that peer's queue, in order, and are retried on a timer. A peer that has left
 (EHOSTUNREACH) loses its replies with a warning; it is never fatal. Any other
-send error propagates: the caller (the actor's reply task) fails loudly.
+send error propagates: from ``send_to`` to the caller (the actor's reply task),
+from a retry to whoever awaits :meth:`PeerOutbox.wait_failure`; either way the
+actor stops loudly.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class PeerOutbox:
         self._retry: asyncio.TimerHandle | None = None
         self._retry_s = _FIRST_RETRY_S
         self._gone = 0  # replies dropped because their peer had left
+        self._failure: asyncio.Future[None] | None = None
 
     def send_to(self, identity: bytes, frames: list[Frame]) -> None:
         message = [identity, *frames]
@@ -60,6 +63,21 @@ class PeerOutbox:
             queue = self._queued[identity] = deque()
             self._schedule_retry()
         self._enqueue(identity, queue, message)  # behind this peer's earlier replies
+
+    async def wait_failure(self) -> None:
+        """Never returns; raises the error of a queued reply that could not be sent (the
+        retry runs outside any caller). The host awaits this in its task group."""
+        if self._failure is None:
+            self._failure = asyncio.get_running_loop().create_future()
+        await self._failure
+
+    def _fail(self, exc: Exception) -> None:
+        logger.error("%s: sending a queued reply failed: %r", self._endpoint, exc)
+        self._queued.clear()
+        if self._failure is None:
+            self._failure = asyncio.get_running_loop().create_future()
+        if not self._failure.done():
+            self._failure.set_exception(exc)
 
     def queued(self, identity: bytes) -> int:
         """Replies waiting for ``identity``'s pipe to drain."""
@@ -85,7 +103,8 @@ class PeerOutbox:
             if self._gone & (self._gone - 1) == 0:  # 1, 2, 4, 8, ...: no log flood
                 logger.warning("%s: a reply to a peer that has left was dropped (%d so far)",
                                self._endpoint, self._gone)
-            self._queued.pop(identity, None)
+            self._queued.pop(identity, None)  # its queued replies go with it
+            self._dropped.pop(identity, None)
             return "gone"
         return "sent"
 
@@ -109,7 +128,11 @@ class PeerOutbox:
         for identity in list(self._queued):
             queue = self._queued[identity]
             while queue:
-                outcome = self._send(identity, queue[0])
+                try:
+                    outcome = self._send(identity, queue[0])
+                except Exception as exc:  # not EAGAIN/EHOSTUNREACH: the socket failed
+                    self._fail(exc)
+                    return
                 if outcome == "full":
                     break
                 if outcome == "gone":
