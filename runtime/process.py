@@ -122,14 +122,15 @@ class ProcessRef(ActorRef):
             return fut
         call = Call(next(self._ids), prepared.method, deadline)
         self.transport.send([self._codec.encode(call), *prepared.frames])
+        # Popped when the reply arrives (every call gets one, or fail_pending clears it): no
+        # done-callback per call, which would cost a loop iteration per rank per step.
         self._pending[call.call_id] = (fut, prepared.spec.result_decoder)
-        fut.add_done_callback(lambda _: self._pending.pop(call.call_id, None))
         arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
         return fut
 
     @property
     def num_pending(self) -> int:
-        """Calls sent and not yet answered (every call is answered: this stays bounded)."""
+        """Calls sent and not yet answered (a timed-out call counts until its late reply)."""
         return len(self._pending)
 
     async def _recv_loop(self) -> None:
