@@ -3,9 +3,19 @@
 Rank layout as in vLLM: TP ranks are contiguous within a pipeline stage,
 ``rank = pp_rank * tp + tp_rank``. Every rank creates every TP and PP group
 (``new_group`` is collective) and keeps its own.
+
+Nothing listens on all interfaces: the ranks meet through a file store in the
+executor's private 0700 directory (``file://``; torch's TCP store listens on
+every interface), and gloo binds its pair sockets to the interface that holds
+``ParallelConfig.host`` (``GLOO_SOCKET_IFNAME``, unless already set).
 """
 
 from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
 
 import torch
 import torch.distributed as dist
@@ -40,7 +50,31 @@ def validate_parallel(config: Config) -> None:
                           "layers; use at most that many stages")
 
 
-def init_distributed(config: Config, rank: int, distributed_init_method: str,
+_SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def interface_of(host: str) -> str:
+    """The name of the network interface holding ``host``'s IPv4 address (``"lo"`` for
+    127.0.0.1); ConfigError if none does."""
+    if host in ("::1", "localhost"):
+        host = "127.0.0.1"
+    try:
+        address = socket.gethostbyname(host)
+    except OSError as exc:
+        raise ConfigError(f"ParallelConfig.host={host!r} does not resolve: {exc}") from None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
+            except OSError:  # no IPv4 address on this interface
+                continue
+            if socket.inet_ntoa(reply[20:24]) == address:
+                return name
+    raise ConfigError(f"no network interface holds ParallelConfig.host={host!r} ({address})")
+
+
+def init_distributed(config: Config, rank: int, distributed_init_method: str | None,
                      device: torch.device) -> ParallelContext:
     """Joins the process group (gloo on CPU, NCCL on CUDA) and returns this rank's context."""
     validate_parallel(config)
@@ -50,7 +84,11 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str,
     layer_range = split_layers(num_layers, pp, p.pipeline_layer_split)[rank // tp]
     if tp * pp == 1:
         return ParallelContext(layer_range=layer_range)
+    if distributed_init_method is None:
+        raise ConfigError(f"{tp * pp} ranks need a distributed_init_method to meet at")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface_of(p.host)  # this process is this rank's
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=distributed_init_method,
                                 world_size=tp * pp, rank=rank)

@@ -39,11 +39,11 @@ WORKER = "tests.actors.executor.workers:EchoWorker"
 
 def decode_step(n: int = 256) -> SchedulerOutput:
     ids = [f"req-{i}" for i in range(n)]
-    cached = CachedRequestData(req_ids=ids, resumed_from_preemption=[False] * n,
-                               new_token_ids=[[i] for i in range(n)], new_block_ids=[[]] * n,
+    cached = CachedRequestData(req_ids=ids, new_token_ids=[[i] for i in range(n)],
+                               new_block_ids=[[]] * n,
                                num_computed_tokens=[100 + i for i in range(n)])
     return SchedulerOutput(step_id=1, scheduled_cached_reqs=cached,
-                           num_scheduled_tokens=dict.fromkeys(ids, 1), total_num_scheduled_tokens=n)
+                           num_scheduled_tokens=dict.fromkeys(ids, 1))
 
 
 def stats(samples: list[float]) -> dict[str, float]:

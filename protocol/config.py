@@ -119,6 +119,9 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # "module:QualName" of the worker actor class each rank runs.
     worker_cls: str = "actorexec.actors.worker:Worker"
     worker_start_timeout_s: float = 180.0
+    # Forward-progress watchdog: a step (execute_model) running longer fails the executor,
+    # naming the rank and the step. None turns it off.
+    step_timeout_s: float | None = 300.0
 
     def __post_init__(self) -> None:
         check_str("ParallelConfig", "host", self.host, 255)
@@ -149,6 +152,7 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ConfigError(f"ParallelConfig.worker_cls must be 'module:QualName', "
                               f"got {self.worker_cls!r}")
         _positive("ParallelConfig", "worker_start_timeout_s", self.worker_start_timeout_s)
+        _positive("ParallelConfig", "step_timeout_s", self.step_timeout_s, allow_none=True)
 
     @property
     def world_size(self) -> int:

@@ -1,24 +1,33 @@
-"""The actor base: an allow-listed RPC surface, lifecycle hooks, one work thread.
+"""The actor base: an allow-listed RPC surface, a lifecycle in named phases, one work thread.
 
 A subclass marks its RPC methods with :func:`expose`; only those can be called
 from outside (a call to anything else fails with MethodNotAllowedError and runs
-nothing). Handlers run on the event loop, one at a time in arrival order. A
-handler that starts slow work hands it to :meth:`Actor.offload` and returns the
-future: its reply leaves when the work finishes, while the mailbox moves on to
-decode the next message. Replies still leave in call order.
+nothing). The decorator says where a method runs:
 
-Annotate an exposed method with the *wire* types (what the reply carries); it
-may return that value or an awaitable of it. The annotations build the codec
-on both sides, so they must resolve at runtime.
+- ``@expose``: on the actor's event loop, one call at a time in arrival order.
+  For quick bookkeeping; an ``async def`` may await, and its reply waits for it.
+- ``@expose(thread=True)``: on the actor's single work thread (blocking work:
+  device set-up, model steps). The loop goes on taking messages meanwhile.
+  The body returns the real value. To reply later without holding the thread
+  (a device->host copy still in flight), it may return a
+  ``concurrent.futures.Future`` or an awaitable instead: the mailbox awaits it
+  on the loop before replying while the thread takes the next call.
+- ``@expose(ordered=False)``: on the loop, replied at once, ahead of replies
+  still waiting for work in flight (health probes). Ordered replies otherwise
+  leave in call order.
+
+Annotate an exposed method with the *wire* types (what the reply carries). The
+annotations build the codec on both sides, so they must resolve at runtime.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 from actorexec.protocol.codec import MethodSpec, build_method_specs
 
@@ -28,34 +37,78 @@ _RPC_MARK = "__actorexec_rpc__"
 # Method names the runtime itself answers (the ready handshake).
 READY_METHOD = "__ready__"
 
+Phase = Literal["created", "starting", "running", "stopping", "stopped"]
 
-def expose(func: F) -> F:
-    """Put ``func`` on its actor's RPC allow-list."""
-    setattr(func, _RPC_MARK, True)
-    return func
+
+@dataclass(frozen=True, slots=True)
+class Exposed:
+    """How an allow-listed method runs (see the module docstring)."""
+
+    thread: bool = False
+    ordered: bool = True
+
+
+@overload
+def expose(func: F, /) -> F: ...
+@overload
+def expose(*, thread: bool = False, ordered: bool = True) -> Callable[[F], F]: ...
+def expose(func: F | None = None, /, *, thread: bool = False,
+           ordered: bool = True) -> F | Callable[[F], F]:
+    """Put a method on its actor's RPC allow-list; say where it runs (module docstring)."""
+    if thread and not ordered:
+        raise TypeError("a thread=True method replies in call order (ordered=False is for "
+                        "loop methods such as health probes)")
+
+    def mark(f: F) -> F:
+        setattr(f, _RPC_MARK, Exposed(thread=thread, ordered=ordered))
+        return f
+
+    return mark if func is None else mark(func)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkStatus:
+    """What the work thread is running now, and since when (``time.monotonic()``)."""
+
+    method: str
+    started: float
+
+    @property
+    def busy_for_s(self) -> float:
+        return time.monotonic() - self.started
 
 
 class Actor:
-    """Base of every actor. Why: one place defines what may be called remotely.
+    """Base of every actor. Why: one place defines what may be called remotely and how
+    an actor lives: ``created`` -> ``starting`` (``on_start``) -> ``running`` (calls, and
+    ``background`` beside them) -> ``stopping`` -> ``stopped`` (``on_stop``).
 
+    Subclasses must call ``super().__init__()`` (checked when the actor is hosted).
     ``allow_callable_rpc`` lets trusted single-host callers run a module-level
     function ``fn(actor, *args, **kwargs)`` named ``"module:qualname"``; it is
     off unless a subclass turns it on from its config.
     """
 
-    rpc_methods: ClassVar[frozenset[str]] = frozenset()
-    allow_callable_rpc: bool = False
+    rpc_methods: ClassVar[Mapping[str, Exposed]] = {}
+
+    def __init__(self) -> None:
+        self.allow_callable_rpc = False
+        self.phase: Phase = "created"
+        self._stop_requested = False
+        self._work_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._work_status: WorkStatus | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        names = set()
+        methods: dict[str, Exposed] = {}
         for klass in reversed(cls.__mro__):
             for name, value in vars(klass).items():
-                if getattr(value, _RPC_MARK, False):
-                    names.add(name)
-                elif name in names and callable(value):
-                    names.add(name)  # an override of an exposed method stays exposed
-        cls.rpc_methods = frozenset(names)
+                mark = getattr(value, _RPC_MARK, None)
+                if isinstance(mark, Exposed):
+                    methods[name] = mark
+                # An undecorated override of an exposed method stays exposed and runs where
+                # the base's decorator says (an override cannot move a step off the thread).
+        cls.rpc_methods = methods
 
     @classmethod
     def method_specs(cls) -> dict[str, MethodSpec]:
@@ -66,9 +119,22 @@ class Actor:
             cls._method_specs_cache = cached  # type: ignore[attr-defined]
         return cached
 
-    # -- lifecycle -------------------------------------------------------
+    def check_initialised(self) -> None:
+        """Raises TypeError if a subclass's ``__init__`` forgot ``super().__init__()``."""
+        if "phase" not in self.__dict__:
+            raise TypeError(f"{type(self).__name__}.__init__ did not call super().__init__(); "
+                            "Actor.__init__ sets up the actor's lifecycle and work thread")
+
+    # -- lifecycle hooks ---------------------------------------------------
     async def on_start(self) -> None:
         """Runs in the actor's loop before the first call is handled."""
+
+    async def background(self) -> None:
+        """Runs beside the mailbox while the actor serves (a watchdog, say); cancelled at stop.
+
+        If it raises, the actor stops loudly: every call not yet answered fails
+        with the error, and an actor process exits non-zero.
+        """
 
     async def on_stop(self) -> None:
         """Runs after the last reply has left (also when the host shuts down)."""
@@ -79,12 +145,7 @@ class Actor:
 
     @property
     def stop_requested(self) -> bool:
-        return getattr(self, "_stop_requested", False)
-
-    @expose
-    def ping(self) -> None:
-        """A no-op answered in mailbox order: its reply confirms every call before it."""
-        return None
+        return self._stop_requested
 
     @expose
     def shutdown(self) -> None:
@@ -95,24 +156,41 @@ class Actor:
     def offload(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run blocking ``fn(*args)`` on this actor's single work thread.
 
-        One thread, so offloaded work runs in call order and touches actor
-        state from one thread only; the loop stays free to take messages.
+        One thread, so work runs in call order and touches actor state from one
+        thread only; the loop stays free to take messages. ``thread=True``
+        methods go through here; an ``async`` handler may call it directly.
         """
-        pool = self.__dict__.get("_work_pool")
-        if pool is None:
-            pool = concurrent.futures.ThreadPoolExecutor(
+        if self._work_pool is None:
+            self._work_pool = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"{type(self).__name__}-work")
-            self._work_pool = pool
-        return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self._work_pool, fn, *args)
+
+    def run_on_work_thread(self, method: str, fn: Callable[[], Any],
+                           check: Callable[[], None] | None = None) -> asyncio.Future[Any]:
+        """``fn()`` on the work thread, recorded in :meth:`work_status` while it runs.
+
+        ``check()`` runs on the thread first (the mailbox's deadline check, so a
+        call that waited behind a long one is refused unrun when it gets there).
+        """
+        def work() -> Any:
+            if check is not None:
+                check()
+            self._work_status = WorkStatus(method, time.monotonic())
+            try:
+                return fn()
+            finally:
+                self._work_status = None
+
+        return self.offload(work)
+
+    def work_status(self) -> WorkStatus | None:
+        """What the work thread is running now (None when idle). Safe from the loop."""
+        return self._work_status
 
     def close_work_thread(self) -> None:
-        pool = self.__dict__.pop("_work_pool", None)
+        pool, self._work_pool = self._work_pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-Actor.rpc_methods = frozenset({"ping", "shutdown"})
-
-
-async def maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+Actor.rpc_methods = {"shutdown": Exposed()}

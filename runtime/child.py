@@ -1,13 +1,19 @@
 """The entry point of a spawned actor process.
 
 The child ties its life to the parent's twice over: ``PR_SET_PDEATHSIG``
-(Linux; SIGKILL when the parent dies) and a watchdog thread that exits when
-``getppid()`` changes (other platforms, or a parent that died before prctl).
-It ignores SIGINT: Ctrl-C goes to the parent, which shuts workers down.
+(Linux) delivers SIGTERM when the parent dies, and a watchdog thread polls
+``getppid()`` (other platforms, a parent that died before prctl, or a loop
+too busy to run the signal handler). Either way the child removes what it
+owns before it goes: its socket file, files it shares with its siblings
+(the rendezvous store), and the parent's private directory once it is empty,
+so the last worker out removes it. SIGTERM rather than SIGKILL because a
+killed process runs no clean-up. The child ignores SIGINT: Ctrl-C goes to the
+parent, which shuts workers down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import logging
@@ -17,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from actorexec.protocol.codec import MethodSpec
@@ -24,7 +31,10 @@ from actorexec.protocol.codec import MethodSpec
 from .loop import run
 
 PR_SET_PDEATHSIG = 1
-START_FAILED_EXIT_CODE = 3
+FAILED_EXIT_CODE = 3
+ORPHANED_EXIT_CODE = 4
+_WATCH_INTERVAL_S = 0.2
+_REPARENT_WAIT_S = 0.2
 
 
 def import_path(path: str) -> Any:
@@ -38,28 +48,75 @@ def import_path(path: str) -> Any:
     return obj
 
 
-def die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the watchdog below still works
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+@dataclass(frozen=True)
+class ExitCleanup:
+    """What a child removes when it exits: always ``own_files``; if its parent is gone,
+    also ``shared_files`` and ``directory`` (if empty by then: the last child out)."""
 
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(1)
+    own_files: tuple[str, ...] = ()
+    shared_files: tuple[str, ...] = ()
+    directory: str | None = None
 
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    def run(self, parent_gone: bool) -> None:
+        files = self.own_files + (self.shared_files if parent_gone else ())
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if parent_gone and self.directory is not None:
+            with contextlib.suppress(OSError):  # ENOTEMPTY: a sibling is still on its way out
+                os.rmdir(self.directory)
+
+
+class _ParentWatch:
+    """Exits this process, cleaned up, when the parent dies (or on SIGTERM)."""
+
+    def __init__(self, parent_pid: int, cleanup: ExitCleanup) -> None:
+        self.parent_pid = parent_pid
+        self.cleanup = cleanup
+        self._lock = threading.RLock()  # a second SIGTERM may re-enter the handler
+
+    def arm(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # not Linux: the watchdog thread still works
+            pass
+        if self.parent_gone():  # the parent died before prctl took effect
+            self.exit_orphaned()
+        threading.Thread(target=self._watch, name="parent-watchdog", daemon=True).start()
+
+    def parent_gone(self) -> bool:
+        return os.getppid() != self.parent_pid
+
+    def exit_orphaned(self) -> None:
+        with self._lock:  # the signal handler and the watchdog may both get here
+            self.cleanup.run(parent_gone=True)
+            os._exit(ORPHANED_EXIT_CODE)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        # PDEATHSIG may arrive before getppid() shows the new parent (seen here): wait a
+        # moment before deciding that someone else sent SIGTERM.
+        deadline = time.monotonic() + _REPARENT_WAIT_S
+        while time.monotonic() < deadline:
+            if self.parent_gone():
+                self.exit_orphaned()
+            time.sleep(0.005)
+        with self._lock:  # someone else terminates us: clean up, then die by the signal
+            self.cleanup.run(parent_gone=False)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _watch(self) -> None:
+        while not self.parent_gone():
+            time.sleep(_WATCH_INTERVAL_S)
+        self.exit_orphaned()
 
 
 def child_main(actor_path: str, init_payload: bytes, endpoint: str, rank: int, backend: str,
-               parent_pid: int, use_uvloop: bool | None) -> None:
+               parent_pid: int, use_uvloop: bool | None, cleanup: ExitCleanup) -> None:
     """Build the actor from its typed ``__init__`` arguments and serve it until shutdown."""
-    die_with_parent(parent_pid)
+    _ParentWatch(parent_pid, cleanup).arm()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=os.environ.get("ACTOREXEC_LOG_LEVEL", "WARNING"),
                         format=f"%(asctime)s rank{rank} %(name)s %(levelname)s: %(message)s")
@@ -68,7 +125,8 @@ def child_main(actor_path: str, init_payload: bytes, endpoint: str, rank: int, b
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
-        os._exit(START_FAILED_EXIT_CODE)
+        cleanup.run(parent_gone=False)
+        os._exit(FAILED_EXIT_CODE)
 
 
 async def _serve(actor_path: str, init_payload: bytes, endpoint: str, rank: int,

@@ -16,8 +16,7 @@ class EndpointDir:
     """
 
     def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="actorexec-")
-        os.chmod(self.path, 0o700)
+        self.path = tempfile.mkdtemp(prefix="actorexec-")  # mkdtemp creates it 0700
 
     def ipc(self, name: str) -> str:
         return f"ipc://{os.path.join(self.path, name)}"
@@ -34,6 +33,7 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 
 def tcp(host: str) -> str:
+    """``tcp://host:port`` on a free port of ``host``; refuses every all-interfaces form."""
     if host in ("", "*", "0.0.0.0", "::"):
         raise ValueError("refusing to bind all interfaces; name one host")
     return f"tcp://{host}:{free_tcp_port(host)}"

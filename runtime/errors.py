@@ -11,12 +11,36 @@ never import or construct arbitrary classes named by a peer.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import traceback
 
 from actorexec.protocol import errors as perr
 from actorexec.protocol.envelopes import Failure
-from actorexec.protocol.errors import RemoteError
+from actorexec.protocol.errors import ActorClosedError, ActorexecError, RemoteError
+
+
+class ActorFatalError(ActorexecError):
+    """An actor stopped because one of its own tasks failed (a reply that could not be
+    sent, a watchdog that fired); every call it had not answered fails with this, and
+    an actor process exits non-zero. An executor that sees it from any rank fails."""
+
+
+class CallTimeoutError(TimeoutError):
+    """No reply came before the call's deadline. Whether the call ran is unknown."""
+
+
+def fatal_error_from(exc: BaseException, actor_name: str) -> BaseException:
+    """The error for calls an actor will never answer, given what stopped it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, asyncio.CancelledError):
+        return ActorClosedError(f"{actor_name} was shut down before replying")
+    if isinstance(exc, ActorFatalError):
+        return exc
+    error = ActorFatalError(f"{actor_name} stopped: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 _FAITHFUL: dict[str, type[BaseException]] = {
     name: getattr(builtins, name) for name in (
@@ -25,11 +49,22 @@ _FAITHFUL: dict[str, type[BaseException]] = {
 }
 for _cls in (perr.ConfigError, perr.ProtocolError, perr.MethodNotAllowedError,
              perr.InvalidRequestError, perr.ActorClosedError, perr.ExecutorFailedError,
-             perr.ActorDiedError):
+             perr.ActorDiedError, ActorFatalError):
     _FAITHFUL[_cls.__qualname__] = _cls
     _FAITHFUL[f"{_cls.__module__}.{_cls.__qualname__}"] = _cls
 
 _REMOTE_CLASSES: dict[type[BaseException], type[RemoteError]] = {}
+
+
+def as_remote(exc: BaseException) -> BaseException:
+    """``exc`` as a process-hosted actor's caller would see it (same class, same text).
+
+    Why: the in-process executor raises exactly what the mp executor raises. The
+    original stays reachable as ``__cause__``.
+    """
+    error = error_from(failure_from(-1, exc))
+    error.__cause__ = exc
+    return error
 
 
 def type_name(exc: BaseException) -> str:

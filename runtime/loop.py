@@ -27,14 +27,6 @@ def loop_factory(use_uvloop: bool | None = None) -> Callable[[], asyncio.Abstrac
     return uvloop.new_event_loop
 
 
-def uvloop_available() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run(main: Coroutine[Any, Any, T], use_uvloop: bool | None = None, debug: bool = False) -> T:
     """Run ``main`` to completion on a fresh loop (uvloop when installed, unless told not to)."""
     with asyncio.Runner(loop_factory=loop_factory(use_uvloop), debug=debug) as runner:

@@ -1,34 +1,42 @@
-"""The mailbox: calls handled one at a time in arrival order, replies sent in call order.
+"""The mailbox: one actor's calls, handled in arrival order, replied in call order.
 
-Two tasks. The *handler* task takes the next call, checks its deadline and the
-allow-list, decodes its arguments and runs the handler; a handler that returns
-an awaitable (work in flight on the actor's thread or a device) does not hold
-the mailbox up. The *replier* task awaits those results strictly in call order
-and hands each to the call's reply sink, so reply N never overtakes reply N-1.
+:meth:`Mailbox.run` hosts the actor in one structured scope (an
+``asyncio.TaskGroup``): the *handler* task takes the next call, checks the
+allow-list, decodes its arguments and starts it (on the loop, or queued on the
+work thread); the *replier* task awaits results strictly in call order and
+hands each to the call's reply sink, so reply N never overtakes reply N-1; the
+actor's ``background()`` and the host's receive loop run beside them. If any
+of these fails, the others are cancelled, every call not yet answered fails
+with :class:`ActorFatalError`, and ``run`` raises: the host stops loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import importlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorexec.protocol.codec import Frame, MethodSpec, generic_spec
+from actorexec.protocol.codec import Frame, generic_spec
 from actorexec.protocol.envelopes import Call
 from actorexec.protocol.errors import ActorClosedError, MethodNotAllowedError
 
-from .actor import Actor
+from .actor import Actor, Exposed
+from .errors import fatal_error_from
 
 logger = logging.getLogger("actorexec.runtime.mailbox")
 
 # sink(call, ok, value_or_exception): delivers one reply (encode + send, or set a future).
+# A sink that raises (the socket failed) is fatal for the actor.
 ReplySink = Callable[[Call, bool, Any], None]
-_GENERIC = generic_spec()
+_THREAD = Exposed(thread=True)  # calls by function path run on the work thread
 
 
 @dataclass(slots=True)
@@ -40,58 +48,165 @@ class LocalArgs:
     args: Sequence[Any] = field(default_factory=tuple)
 
 
+@dataclass(slots=True)
+class _Started:
+    call: Call
+    result: asyncio.Future[Any]
+    sink: ReplySink
+
+
+def _check_deadline(call: Call) -> None:
+    if call.deadline is not None and time.time() > call.deadline:
+        raise TimeoutError(f"call {call.method!r} reached the actor after its deadline; not run")
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Mailbox:
-    """Runs calls for one actor. Why a class: both refs (in-loop, process) share it."""
+    """Runs calls for one actor. Why a class: both hosts (in-loop ref, process server)
+    share it, so calls behave the same in and out of process."""
 
     def __init__(self, actor: Actor) -> None:
+        actor.check_initialised()
         self.actor = actor
         self.specs = type(actor).method_specs()
+        self.methods = type(actor).rpc_methods
         self._inbox: asyncio.Queue[tuple[Call, Sequence[Frame] | LocalArgs, ReplySink]] = (
             asyncio.Queue())
-        self._outbox: asyncio.Queue[tuple[Call, asyncio.Future[Any], ReplySink] | None] = (
-            asyncio.Queue())
-        self._tasks: list[asyncio.Task[None]] = []
-        self.stopped = asyncio.Event()
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._handle_loop(), name="mailbox-handler"),
-                       asyncio.create_task(self._reply_loop(), name="mailbox-replier")]
+        self._outbox: deque[_Started] = deque()
+        self._outbox_changed = asyncio.Event()
+        self._handler_done = False
+        self._replied_all = asyncio.Event()
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started.add_done_callback(_retrieve)
 
     def put(self, call: Call, payload: Sequence[Frame] | LocalArgs, sink: ReplySink) -> None:
-        if self.stopped.is_set():
+        if self.actor.phase in ("stopping", "stopped"):
             sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
             return
         self._inbox.put_nowait((call, payload, sink))
 
+    async def run(self, *beside: Coroutine[Any, Any, None]) -> None:
+        """Host the actor until it stops: ``on_start``, then calls (with ``background()``
+        and ``beside``, e.g. the host's receive loop), then ``on_stop`` after an orderly
+        stop. Raises what failed (an ExceptionGroup from the task group) or CancelledError.
+        """
+        actor = self.actor
+        actor.phase = "starting"
+        orderly = False
+        try:
+            try:
+                await actor.on_start()
+            except asyncio.CancelledError:
+                self.started.cancel()
+                raise
+            except BaseException as exc:
+                self.started.set_exception(exc)
+                raise
+            actor.phase = "running"
+            self.started.set_result(None)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._handle_loop(), name="mailbox-handler")
+                tasks.create_task(self._reply_loop(), name="mailbox-replier")
+                others = [tasks.create_task(actor.background(), name="actor-background")]
+                others += [tasks.create_task(c, name="actor-host") for c in beside]
+                await self._replied_all.wait()
+                for task in others:
+                    task.cancel()
+            orderly = True
+            # Calls that arrived after the shutdown call: refused, never left waiting.
+            self._fail_unanswered(ActorClosedError(f"{type(actor).__name__} has stopped"))
+        except BaseException as exc:
+            for c in beside:  # never started if on_start failed: close, or Python warns
+                c.close()
+            self._fail_unanswered(fatal_error_from(exc, type(actor).__name__))
+            raise
+        finally:
+            actor.phase = "stopping"
+            try:
+                if orderly:
+                    await actor.on_stop()
+            finally:
+                actor.close_work_thread()
+                actor.phase = "stopped"
+
+    # -- the two loops ------------------------------------------------------
     async def _handle_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self.actor.stop_requested:
             call, payload, sink = await self._inbox.get()
-            try:
-                if call.deadline is not None and time.time() > call.deadline:
-                    raise TimeoutError(f"call {call.method!r} reached the actor after its deadline")
-                value = self._invoke(call, payload)
-                fut = asyncio.ensure_future(value) if inspect.isawaitable(value) else None
-            except Exception as exc:
-                fut = loop.create_future()
-                fut.set_exception(exc)
-            if fut is None:
-                fut = loop.create_future()
-                fut.set_result(value)
-            self._outbox.put_nowait((call, fut, sink))
-        self._outbox.put_nowait(None)  # the replier stops after the last reply
+            exposed = self.methods.get(call.method, _THREAD)
+            if not exposed.ordered:
+                self._answer_now(call, payload, sink)
+                continue
+            self._outbox.append(_Started(call, self._start(call, payload, exposed), sink))
+            self._outbox_changed.set()
+        self._handler_done = True
+        self._outbox_changed.set()
 
-    def _invoke(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> Any:
+    async def _reply_loop(self) -> None:
+        while True:
+            if not self._outbox:
+                if self._handler_done:
+                    break
+                self._outbox_changed.clear()
+                await self._outbox_changed.wait()
+                continue
+            head = self._outbox[0]
+            ok, value = await _outcome(head.result)
+            head.sink(head.call, ok, value)  # may raise: fatal, and head is still unanswered
+            self._outbox.popleft()
+        self._replied_all.set()
+
+    # -- starting a call ------------------------------------------------------
+    def _start(self, call: Call, payload: Sequence[Frame] | LocalArgs,
+               exposed: Exposed) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any]
+        try:
+            fn = self._bind(call, payload)
+            if exposed.thread:
+                return self.actor.run_on_work_thread(call.method, fn,
+                                                     functools.partial(_check_deadline, call))
+            _check_deadline(call)
+            value = fn()
+            if inspect.isawaitable(value):
+                return asyncio.ensure_future(value)
+        except Exception as exc:
+            fut = loop.create_future()
+            fut.set_exception(exc)
+            return fut
+        fut = loop.create_future()
+        fut.set_result(value)
+        return fut
+
+    def _answer_now(self, call: Call, payload: Sequence[Frame] | LocalArgs,
+                    sink: ReplySink) -> None:
+        try:
+            _check_deadline(call)
+            value = self._bind(call, payload)()
+            if inspect.isawaitable(value):
+                raise TypeError(f"{call.method} is exposed with ordered=False, so it must "
+                                "return its value, not an awaitable")
+        except Exception as exc:
+            sink(call, False, exc)
+            return
+        sink(call, True, value)
+
+    def _bind(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> Callable[[], Any]:
+        """The call as a function of no arguments; refused calls raise here, before running."""
         if isinstance(payload, LocalArgs) and payload.function is not None:
-            fn = payload.function
-            return self.actor.offload(lambda: fn(self.actor, *payload.args, **payload.kwargs))
+            return functools.partial(payload.function, self.actor, *payload.args,
+                                     **payload.kwargs)
         spec = self.specs.get(call.method)
         if spec is None:
-            return self._invoke_by_path(call, payload)
+            return self._bind_by_path(call, payload)
         kwargs = payload.kwargs if isinstance(payload, LocalArgs) else spec.decode_args(payload)
-        return getattr(self.actor, call.method)(**kwargs)
+        return functools.partial(getattr(self.actor, call.method), **kwargs)
 
-    def _invoke_by_path(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> Any:
+    def _bind_by_path(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> Callable[[], Any]:
         name = type(self.actor).__name__
         if ":" not in call.method or not self.actor.allow_callable_rpc:
             raise MethodNotAllowedError(f"{name}.{call.method} is not on the RPC allow-list "
@@ -100,39 +215,41 @@ class Mailbox:
         target: Any = importlib.import_module(module)
         for part in qualname.split("."):
             target = getattr(target, part)
-        spec: MethodSpec = _GENERIC
-        kw = payload.kwargs if isinstance(payload, LocalArgs) else spec.decode_args(payload)
-        return self.actor.offload(lambda: target(self.actor, *kw["args"], **kw["kwargs"]))
+        kw = payload.kwargs if isinstance(payload, LocalArgs) else (
+            generic_spec().decode_args(payload))
+        return functools.partial(target, self.actor, *kw["args"], **kw["kwargs"])
 
-    async def _reply_loop(self) -> None:
-        while (item := await self._outbox.get()) is not None:
-            call, fut, sink = item
-            try:
-                value = await fut
-            except asyncio.CancelledError:
-                if not fut.cancelled():
-                    raise  # this task itself was cancelled
-                sink(call, False, ActorClosedError(f"call {call.method!r} was cancelled"))
-            except Exception as exc:
-                sink(call, False, exc)
-            else:
-                sink(call, True, value)
-        self.stopped.set()
-
-    async def close(self) -> None:
-        """Stop at once: calls still queued fail with ActorClosedError."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+    # -- stopping -------------------------------------------------------------
+    def _fail_unanswered(self, error: BaseException) -> None:
+        """Every call started or queued but not answered gets ``error`` (best effort)."""
+        unanswered = [(s.call, s.sink) for s in self._outbox]
+        for started in self._outbox:
+            started.result.add_done_callback(_retrieve)  # work still running on the thread
+        self._outbox.clear()
         while not self._inbox.empty():
             call, _, sink = self._inbox.get_nowait()
-            sink(call, False, ActorClosedError(f"{type(self.actor).__name__} shut down"))
-        while not self._outbox.empty():
-            item = self._outbox.get_nowait()
-            if item is not None:
-                item[2](item[0], False, ActorClosedError("actor shut down before replying"))
-        self.stopped.set()
+            unanswered.append((call, sink))
+        for call, sink in unanswered:
+            try:
+                sink(call, False, error)
+            except Exception as exc:  # the socket itself failed: nothing more to tell
+                logger.error("%s: could not fail call %s: %s", type(self.actor).__name__,
+                             call.call_id, exc)
+
+
+async def _outcome(fut: asyncio.Future[Any]) -> tuple[bool, Any]:
+    """(True, value) or (False, exception) of a started call, reply-later results awaited."""
+    try:
+        value = await fut
+        if isinstance(value, concurrent.futures.Future):
+            value = await asyncio.wrap_future(value)
+        elif inspect.isawaitable(value):
+            value = await value
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the replier itself is being cancelled
+        return False, ActorClosedError("the call was cancelled before it replied")
+    except Exception as exc:
+        return False, exc
+    return True, value

@@ -1,4 +1,9 @@
-"""Actor processes: spawning with a ready handshake, a death watch, and shutdown.
+"""Actor processes: spawning, a ready handshake, a death watch, and shutdown.
+
+Ownership starts with the process: :meth:`ProcessRef.spawn` connects the
+DEALER first, then starts the process and builds its ref with no ``await`` in
+between, so a caller cancelled at any point either has no process or has the
+ref that kills it.
 
 The death watch puts the process *sentinel* (a pipe closed by the kernel when
 the child exits) on the event loop with ``add_reader``: no polling thread, and
@@ -14,24 +19,23 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-from actorexec.protocol.codec import EnvelopeCodec, MethodSpec, PayloadDecoder
+from actorexec.protocol.codec import EnvelopeCodec, PayloadDecoder
 from actorexec.protocol.envelopes import Call, Failure, Ready, Result
 from actorexec.protocol.errors import ActorClosedError, ActorDiedError, ProtocolError
 
 from .actor import READY_METHOD
-from .child import START_FAILED_EXIT_CODE, child_main
-from .errors import error_from
-from .refs import ActorRef, PreparedCall, arm_deadline
+from .child import FAILED_EXIT_CODE, ExitCleanup, child_main
+from .errors import ActorFatalError, error_from, type_name
+from .refs import ActorRef, DeathCallback, PreparedCall, arm_deadline
 from .transport import TransportClosed, connect_dealer, resolve_backend
 
 logger = logging.getLogger("actorexec.runtime.process")
-DeathCallback = Callable[["ProcessRef", ActorDiedError], None]
+_FATAL_TYPE = type_name(ActorFatalError("x"))
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -42,20 +46,10 @@ def describe_exit(exitcode: int | None) -> str:
             return f"killed by signal {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"killed by signal {-exitcode}"
-    if exitcode == START_FAILED_EXIT_CODE:
+    if exitcode == FAILED_EXIT_CODE:
         return f"exit code {exitcode} (failed while starting or serving; see its stderr)"
     return f"exit code {exitcode}"
 
-
-# Silent calls outstanding before the ref asks for a confirming reply.
-SILENT_FLUSH_AT = 64
-
-
-def _ping() -> None:  # the wire signature of Actor.ping
-    ...
-
-
-_PING = PreparedCall("ping", MethodSpec(_ping, "ping"))
 
 class ProcessRef(ActorRef):
     """A ref to an actor in a child process, over a DEALER socket. Why: one owner of the
@@ -71,16 +65,47 @@ class ProcessRef(ActorRef):
         self._codec = EnvelopeCodec()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], PayloadDecoder]] = {}
-        # reply_on_success=False calls: resolved by any later reply (replies are ordered).
-        self._silent: OrderedDict[int, asyncio.Future[Any]] = OrderedDict()
-        self._flushing = False
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[None] = self._loop.create_future()
         self.exited = asyncio.Event()
         self.dead: ActorDiedError | None = None
+        self._fatal_reason: str | None = None  # an ActorFatalError the actor reported
         self._closing = False
-        self._loop = asyncio.get_running_loop()
         self._loop.add_reader(process.sentinel, self._on_exit)
+        # Owned by this ref: cancelled in kill_now; if it fails, the actor is lost to us.
         self._recv_task = asyncio.create_task(self._recv_loop(), name=f"ref-recv-{rank}")
+        self._recv_task.add_done_callback(self._on_recv_exit)
+
+    @classmethod
+    async def spawn(cls, actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: str,
+                    backend: str = "auto", on_death: DeathCallback | None = None,
+                    use_uvloop: bool | None = None, private_dir: str | None = None,
+                    shared_files: Sequence[str] = ()) -> ProcessRef:
+        """Start ``actor_path`` (``"module:QualName"``) in a spawned process; returns its ref
+        as soon as the process exists (then :meth:`wait_ready`).
+
+        ``init_kwargs`` go msgpack-encoded (no pickle of our objects) and decode
+        typed against the actor's ``__init__`` hints in the child. If the parent
+        dies, the child removes its socket file and ``shared_files`` and, the
+        last one out, ``private_dir``.
+        """
+        backend = resolve_backend(backend)
+        payload = msgspec.msgpack.encode(init_kwargs)
+        own = (endpoint.removeprefix("ipc://"),) if endpoint.startswith("ipc://") else ()
+        cleanup = ExitCleanup(own_files=own, shared_files=tuple(shared_files),
+                              directory=private_dir)
+        ctx = multiprocessing.get_context("spawn")
+        # daemon: if the parent exits without shutdown, multiprocessing terminates it.
+        process = ctx.Process(target=child_main, name=f"actorexec-rank{rank}", daemon=True,
+                              args=(actor_path, payload, endpoint, rank, backend, os.getpid(),
+                                    use_uvloop, cleanup))
+        transport = await connect_dealer(endpoint, backend)  # before the process exists
+        try:
+            process.start()
+        except BaseException:
+            transport.close()
+            raise
+        return cls(process, transport, rank, on_death)  # no await since start(): owned
 
     async def wait_ready(self, timeout_s: float) -> None:
         self.transport.send([self._codec.encode(Call(0, READY_METHOD))])
@@ -90,54 +115,43 @@ class ProcessRef(ActorRef):
             raise TimeoutError(f"actor rank {self.rank} (pid {self.pid}) did not become ready "
                                f"within {timeout_s} s") from None
 
-    def submit(self, prepared: PreparedCall, deadline: float | None = None,
-               reply_on_success: bool = True) -> asyncio.Future[Any]:
+    def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self._loop.create_future()
         if self.dead is not None or self._closing:
             fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
             return fut
-        call = Call(next(self._ids), prepared.method, deadline, reply_on_success)
+        call = Call(next(self._ids), prepared.method, deadline)
         self.transport.send([self._codec.encode(call), *prepared.frames])
-        if reply_on_success:
-            self._pending[call.call_id] = (fut, prepared.spec.result_decoder)
-            fut.add_done_callback(lambda _: self._pending.pop(call.call_id, None))
-            arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
-        else:
-            self._silent[call.call_id] = fut
-            if len(self._silent) >= SILENT_FLUSH_AT and not self._flushing:
-                self._confirm_silent()
+        # Popped when the reply arrives (every call gets one, or fail_pending clears it): no
+        # done-callback per call, which would cost a loop iteration per rank per step.
+        self._pending[call.call_id] = (fut, prepared.spec.result_decoder)
+        arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
         return fut
 
     @property
-    def num_unconfirmed(self) -> int:
-        """reply_on_success=False calls not yet known to have finished."""
-        return len(self._silent)
-
-    def _confirm_silent(self) -> None:
-        """Ask for one ordered reply (a ``ping``): it confirms every silent call before it.
-
-        Without this a rank that only ever gets silent calls (a non-output rank in
-        a stream of steps) would keep one future per step for ever.
-        """
-        self._flushing = True
-
-        def done(fut: asyncio.Future[Any]) -> None:
-            self._flushing = False
-            if not fut.cancelled():
-                fut.exception()  # retrieved: a death fails the silent calls themselves
-
-        self.submit(_PING).add_done_callback(done)
+    def num_pending(self) -> int:
+        """Calls sent and not yet answered (a timed-out call counts until its late reply)."""
+        return len(self._pending)
 
     async def _recv_loop(self) -> None:
         while True:
             try:
                 frames = await self.transport.recv()
             except TransportClosed:
-                return
-            try:
-                self._on_message(frames)
-            except Exception:  # never let one bad reply stop the loop
-                logger.exception("rank %d: bad reply dropped", self.rank)
+                if self._closing:
+                    return
+                raise
+            self._on_message(frames)
+
+    def _on_recv_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or self._closing:
+            return
+        exc = task.exception()
+        logger.error("rank %d: reply reader failed; killing the worker: %r", self.rank, exc)
+        self._declare_dead(ActorDiedError(
+            f"worker rank {self.rank} (pid {self.pid}) lost: its reply reader failed: {exc!r}",
+            rank=self.rank, pid=self.pid))
+        self.process.kill()
 
     def _on_message(self, frames: list[bytes]) -> None:
         try:
@@ -152,17 +166,10 @@ class ProcessRef(ActorRef):
         if not isinstance(env, (Result, Failure)):
             logger.error("rank %d: unexpected %s from an actor", self.rank, type(env).__name__)
             return
+        if isinstance(env, Failure) and env.exc_type == _FATAL_TYPE:
+            self._fatal_reason = env.message
         if env.call_id == -1:
             logger.error("rank %d reported an undecodable frame: %s", self.rank, env.message)
-            return
-        while self._silent and next(iter(self._silent)) < env.call_id:
-            _, silent = self._silent.popitem(last=False)
-            if not silent.done():
-                silent.set_result(None)
-        silent = self._silent.pop(env.call_id, None)
-        if silent is not None:  # a reply_on_success=False call that failed
-            if not silent.done() and isinstance(env, Failure):
-                silent.set_exception(error_from(env))
             return
         entry = self._pending.pop(env.call_id, None)
         if entry is None or entry[0].done():
@@ -184,19 +191,25 @@ class ProcessRef(ActorRef):
         if self._closing:
             self.fail_pending(ActorClosedError(f"actor rank {self.rank} was shut down"))
             return
-        self.dead = ActorDiedError(
-            f"worker rank {self.rank} (pid {self.pid}) died: {describe_exit(code)}",
-            rank=self.rank, pid=self.pid, exitcode=code)
-        self.fail_pending(self.dead)
+        reason = f": {self._fatal_reason}" if self._fatal_reason else ""
+        self._declare_dead(ActorDiedError(
+            f"worker rank {self.rank} (pid {self.pid}) died: {describe_exit(code)}{reason}",
+            rank=self.rank, pid=self.pid, exitcode=code))
+
+    def _declare_dead(self, error: ActorDiedError) -> None:
+        if self.dead is not None:
+            return
+        self.dead = error
+        self.fail_pending(error)
         if not self._ready.done():
-            self._ready.set_exception(self.dead)
+            self._ready.set_exception(error)
+            self._ready.exception()  # retrieved: wait_ready re-raises it if anyone waits
         if self.on_death is not None:
-            self.on_death(self, self.dead)
+            self.on_death(self, error)
 
     def fail_pending(self, exc: BaseException) -> None:
-        futs = [f for f, _ in self._pending.values()] + list(self._silent.values())
+        futs = [f for f, _ in self._pending.values()]
         self._pending.clear()
-        self._silent.clear()
         for fut in futs:
             if not fut.done():
                 fut.set_exception(exc)
@@ -232,21 +245,9 @@ async def spawn_actor(actor_path: str, init_kwargs: dict[str, Any], rank: int, e
                       backend: str = "auto", start_timeout_s: float = 60.0,
                       on_death: DeathCallback | None = None,
                       use_uvloop: bool | None = None) -> ProcessRef:
-    """Start ``actor_path`` (``"module:QualName"``) in a spawned process and wait until it serves.
-
-    ``init_kwargs`` go msgpack-encoded (no pickle of our objects) and decode
-    typed against the actor's ``__init__`` hints in the child.
-    """
-    backend = resolve_backend(backend)
-    payload = msgspec.msgpack.encode(init_kwargs)
-    ctx = multiprocessing.get_context("spawn")
-    # daemon: if the parent exits without shutdown, multiprocessing terminates it.
-    process = ctx.Process(target=child_main, name=f"actorexec-rank{rank}", daemon=True,
-                          args=(actor_path, payload, endpoint, rank, backend, os.getpid(),
-                                use_uvloop))
-    process.start()
-    transport = await connect_dealer(endpoint, backend)
-    ref = ProcessRef(process, transport, rank, on_death)
+    """Start ``actor_path`` in a spawned process and wait until it serves (or kill it)."""
+    ref = await ProcessRef.spawn(actor_path, init_kwargs, rank, endpoint, backend, on_death,
+                                 use_uvloop)
     try:
         await ref.wait_ready(start_timeout_s)
     except BaseException:

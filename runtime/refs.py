@@ -4,8 +4,8 @@ A :class:`PreparedCall` is built once per logical call (arguments bound and
 checked at the caller, payload encoded lazily at most once) and submitted to
 one or many refs: that is how ``collective_rpc`` encodes once and sends the
 same frames to every rank. :class:`LocalRef` runs the actor in the caller's
-loop (no encoding; exceptions arrive as the original objects);
-``ProcessRef`` (process.py) talks to an actor process over ZeroMQ.
+loop (no encoding; failures arrive as the same classes a process's caller
+gets); ``ProcessRef`` (process.py) talks to an actor process over ZeroMQ.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +23,10 @@ from actorexec.protocol.envelopes import Call
 from actorexec.protocol.errors import ActorClosedError
 
 from .actor import Actor
+from .errors import CallTimeoutError, as_remote, fatal_error_from
 from .mailbox import LocalArgs, Mailbox
+
+logger = logging.getLogger("actorexec.runtime.refs")
 
 _GENERIC = generic_spec()
 _ENCODER = PayloadEncoder()  # one per process; encode() is not re-entrant but never awaits
@@ -63,28 +67,30 @@ class PreparedCall:
 
 
 def arm_deadline(fut: asyncio.Future[Any], deadline: float | None, what: str) -> None:
-    """Fail ``fut`` with TimeoutError at ``deadline`` (absolute time.time()) if still pending."""
+    """Fail ``fut`` with CallTimeoutError at ``deadline`` (absolute time.time()) if pending."""
     if deadline is None:
         return
     loop = asyncio.get_running_loop()
 
     def expire() -> None:
         if not fut.done():
-            fut.set_exception(TimeoutError(f"{what} missed its deadline"))
+            fut.set_exception(CallTimeoutError(f"{what} got no reply before its deadline"))
 
     handle = loop.call_later(max(0.0, deadline - time.time()), expire)
     fut.add_done_callback(lambda _: handle.cancel())
 
 
+DeathCallback = Callable[["ActorRef", BaseException], None]
+
+
 class ActorRef(abc.ABC):
-    """A handle to one actor (one rank)."""
+    """A handle to one actor (one rank). Every call gets exactly one reply."""
 
     rank: int
 
     @abc.abstractmethod
-    def submit(self, prepared: PreparedCall, deadline: float | None = None,
-               reply_on_success: bool = True) -> asyncio.Future[Any]:
-        """Send now; the future resolves with the typed reply (None if not asked for)."""
+    def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
+        """Send now; the future resolves with the typed reply."""
 
     @abc.abstractmethod
     async def close(self, grace_s: float = 5.0) -> None:
@@ -96,27 +102,37 @@ class ActorRef(abc.ABC):
 
 
 class LocalRef(ActorRef):
-    """An actor in this event loop. Why: the uni executor keeps one code path for calls."""
+    """An actor in this event loop. Why: the uni executor keeps one code path for calls.
 
-    def __init__(self, actor: Actor, rank: int = 0) -> None:
+    Failures arrive as the same classes a process-hosted actor's caller gets
+    (``RemoteValueError`` etc., the original as ``__cause__``). The mailbox runs
+    in a task this ref owns; if it fails, every pending call fails with the
+    error and ``on_death(ref, error)`` runs once.
+    """
+
+    def __init__(self, actor: Actor, rank: int = 0, on_death: DeathCallback | None = None) -> None:
         self.actor = actor
         self.rank = rank
+        self.on_death = on_death
         self.mailbox = Mailbox(actor)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.dead: BaseException | None = None
         self._closed = False
 
     async def start(self) -> None:
-        await self.actor.on_start()
-        self.mailbox.start()
+        """Run ``on_start`` and begin serving; raises what ``on_start`` raised."""
+        self._task = asyncio.create_task(self.mailbox.run(), name=f"local-actor-{self.rank}")
+        self._task.add_done_callback(self._on_exit)
+        await asyncio.shield(self.mailbox.started)
 
-    def submit(self, prepared: PreparedCall, deadline: float | None = None,
-               reply_on_success: bool = True) -> asyncio.Future[Any]:
+    def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._closed:
-            fut.set_exception(ActorClosedError(f"actor rank {self.rank} is closed"))
+        if self.dead is not None or self._closed:
+            fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
             return fut
-        call = Call(next(self._ids), prepared.method, deadline, reply_on_success)
+        call = Call(next(self._ids), prepared.method, deadline)
         self._pending[call.call_id] = fut
         fut.add_done_callback(lambda _: self._pending.pop(call.call_id, None))
         arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
@@ -128,9 +144,18 @@ class LocalRef(ActorRef):
         if fut is None or fut.done():
             return
         if ok:
-            fut.set_result(value if call.reply_on_success else None)
+            fut.set_result(value)
         else:
-            fut.set_exception(value)
+            fut.set_exception(as_remote(value))
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or self._closed:
+            return
+        self.dead = fatal_error_from(task.exception(), type(self.actor).__name__)  # type: ignore[arg-type]
+        logger.error("actor rank %d failed: %s", self.rank, self.dead)
+        self.fail_pending(self.dead)
+        if self.on_death is not None:
+            self.on_death(self, self.dead)
 
     def fail_pending(self, exc: BaseException) -> None:
         for fut in list(self._pending.values()):
@@ -138,12 +163,16 @@ class LocalRef(ActorRef):
                 fut.set_exception(exc)
 
     async def close(self, grace_s: float = 5.0) -> None:
+        """Wait up to ``grace_s`` for an orderly stop (after ``shutdown``), then cancel."""
         if self._closed:
             return
         self._closed = True
+        task = self._task
         try:
-            await self.mailbox.close()
-            self.fail_pending(ActorClosedError(f"actor rank {self.rank} was closed"))
-            await self.actor.on_stop()
+            if task is not None and not task.done() and self.actor.stop_requested:
+                await asyncio.wait({task}, timeout=grace_s)  # the orderly stop under way
         finally:
-            self.actor.close_work_thread()
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            self.fail_pending(ActorClosedError(f"actor rank {self.rank} was closed"))

@@ -3,7 +3,10 @@
 Every frame is decoded strictly. A frame that cannot be decoded is logged and
 answered with ``Failure(call_id=-1)`` (or the call's id when the envelope was
 readable but the arguments were not) and nothing runs: one bad peer cannot
-stop the actor serving others.
+stop the actor serving others. The receive loop runs in the mailbox's task
+group: a socket error there, or a reply that cannot be sent, stops the actor
+loudly (``serve`` raises; the process exits non-zero and its parent's death
+watch fails every pending call).
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from actorexec.protocol.errors import ProtocolError
 from .actor import READY_METHOD, Actor
 from .errors import failure_from
 from .mailbox import Mailbox
-from .transport import Transport, TransportClosed, bind_router
+from .transport import Transport, bind_router
 
 logger = logging.getLogger("actorexec.runtime.server")
+
+# With linger 0, closing the socket discards what ZeroMQ has not yet written:
+# give the last replies (a shutdown's, or the failures of a fatal stop) this long.
+FLUSH_S = 0.05
 
 
 class ActorServer:
@@ -42,35 +49,21 @@ class ActorServer:
         return cls(actor, await bind_router(endpoint, backend), rank)
 
     async def serve(self) -> None:
-        """Serve until the actor asks to stop (its ``shutdown``) or the socket closes."""
-        await self.actor.on_start()
-        self.mailbox.start()
-        recv = asyncio.create_task(self._recv_loop(), name="actor-recv")
-        stopped = asyncio.create_task(self.mailbox.stopped.wait())
+        """Serve until the actor stops (its ``shutdown``); raises if it stopped on a failure."""
         try:
-            await asyncio.wait({recv, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await self.mailbox.run(self._recv_loop(), self.transport.wait_send_failure())
         finally:
-            recv.cancel()
-            stopped.cancel()
-            await self.mailbox.close()
-            try:
-                await self.actor.on_stop()
-            finally:
-                self.actor.close_work_thread()
-                # Let the last replies leave before the socket goes (linger is 0).
-                await asyncio.sleep(0.05)
-                self.transport.close()
-                # zmq removes an ipc file only on a clean context teardown; we own it.
-                if self.transport.endpoint.startswith("ipc://"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(self.transport.endpoint.removeprefix("ipc://"))
+            await asyncio.sleep(FLUSH_S)
+            self.transport.close()
+            # zmq removes an ipc file only on a clean context teardown; we own it.
+            if self.transport.endpoint.startswith("ipc://"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.transport.endpoint.removeprefix("ipc://"))
 
     async def _recv_loop(self) -> None:
+        """Runs only once the actor is running, so the ready handshake means serving."""
         while True:
-            try:
-                msg = await self.transport.recv()
-            except TransportClosed:
-                return
+            msg = await self.transport.recv()  # TransportClosed here is fatal: nobody closed it
             if len(msg) < 2:
                 logger.error("rank %d: message without an envelope frame dropped", self.rank)
                 continue
@@ -92,7 +85,7 @@ class ActorServer:
 
     def _reply(self, peer: bytes, call: Call, ok: bool, value: Any) -> None:
         if ok:
-            if not call.reply_on_success:
+            if not call.reply_on_success:  # the wire allows asking for failures only
                 return
             try:
                 payload = self._encoder.encode(value)
@@ -107,7 +100,4 @@ class ActorServer:
             self._send_failure(peer, failure_from(call.call_id, value))
 
     def _send_failure(self, peer: bytes, failure: Failure) -> None:
-        try:
-            self.transport.send_to(peer, [self._codec.encode(failure)])
-        except TransportClosed:
-            logger.warning("rank %d: failure reply lost, socket closed", self.rank)
+        self.transport.send_to(peer, [self._codec.encode(failure)])

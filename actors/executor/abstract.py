@@ -12,9 +12,10 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal, overload
 
+from actorexec.actors.worker.health import WorkerHealth
 from actorexec.protocol import (
     Config,
     ExecutorFailedError,
@@ -27,12 +28,14 @@ from actorexec.protocol import (
     make_kv_cache_configs,
 )
 from actorexec.protocol.codec import generic_spec
-from actorexec.runtime import ActorRef, PreparedCall, import_path
+from actorexec.runtime import ActorRef, PreparedCall
+from actorexec.runtime.child import import_path
 
-from .futures import first_failure_or, gather_ranks
+from .futures import CollectiveReplies
 
 logger = logging.getLogger("actorexec.executor")
 FailureCallback = Callable[[], None]
+Method = str | Callable[..., Any]
 BACKENDS = ("uni", "mp")
 
 
@@ -85,13 +88,14 @@ class Executor(abc.ABC):
             await executor.collective_rpc("init_device")
             await executor.collective_rpc("load_model")
         except BaseException:
-            await executor.shutdown()
+            await executor.shutdown(grace_s=0.0)  # kills every worker started so far
             raise
         return executor
 
     @abc.abstractmethod
     async def _start_workers(self) -> None:
-        """Fill ``self.refs`` with one started worker ref per rank."""
+        """Fill ``self.refs`` with one started worker ref per rank; a ref is recorded the
+        moment its worker exists, so a cancelled start leaves nothing unowned."""
 
     @abc.abstractmethod
     async def _stop_workers(self, grace_s: float) -> None:
@@ -121,29 +125,51 @@ class Executor(abc.ABC):
         return self.world_size - self.parallel_config.tensor_parallel_size
 
     # -- the one primitive ----------------------------------------------------
-    def collective_rpc(self, method: str | Callable[..., Any], args: Sequence[Any] = (),
+    @overload
+    def collective_rpc(self, method: Method, args: Sequence[Any] = (),
                        kwargs: dict[str, Any] | None = None, timeout: float | None = None,
-                       unique_reply_rank: int | None = None, non_block: bool = False) -> Any:
-        """Send ``method(*args, **kwargs)`` to every rank now (encoded once); return an awaitable.
+                       unique_reply_rank: None = None,
+                       non_block: Literal[False] = False) -> asyncio.Future[list[Any]]: ...
+    @overload
+    def collective_rpc(self, method: Method, args: Sequence[Any] = (),
+                       kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+                       *, unique_reply_rank: int,
+                       non_block: Literal[False] = False) -> asyncio.Future[Any]: ...
+    @overload
+    def collective_rpc(self, method: Method, args: Sequence[Any] = (),
+                       kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+                       unique_reply_rank: None = None, *,
+                       non_block: Literal[True]) -> list[asyncio.Future[Any]]: ...
+    def collective_rpc(self, method: Method, args: Sequence[Any] = (),
+                       kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+                       unique_reply_rank: int | None = None,
+                       non_block: bool = False) -> asyncio.Future[Any] | list[asyncio.Future[Any]]:
+        """Send ``method(*args, **kwargs)`` to every rank now (encoded once).
 
-        Awaited: the list of per-rank results, or only ``unique_reply_rank``'s
-        result (other ranks reply only on failure, which still fails the call).
-        ``non_block=True``: the list of per-rank futures (with
-        ``unique_reply_rank``: that one combined future). ``timeout`` seconds
-        become a deadline carried by the call. Raises at once if the executor failed.
+        Returns a future of the list of per-rank results; with
+        ``unique_reply_rank``, a future of that rank's result alone; with
+        ``non_block=True``, the list of per-rank futures. Every rank answers;
+        the future resolves once all have succeeded and fails at the first
+        failure. ``timeout`` seconds become a deadline carried by the call.
+        Ranks that disagree (futures.py) fail the executor. Raises at once if
+        the executor has failed.
         """
         self._check_usable()
+        if unique_reply_rank is not None:
+            if non_block:
+                raise ValueError("non_block=True returns every rank's future; "
+                                 "unique_reply_rank's result is already a future")
+            if not 0 <= unique_reply_rank < len(self.refs):
+                raise ValueError(f"unique_reply_rank={unique_reply_rank} outside "
+                                 f"0..{len(self.refs) - 1}")
         prepared = self._prepare(method, args, kwargs)
         deadline = None if timeout is None else time.time() + timeout
-        if unique_reply_rank is not None and not 0 <= unique_reply_rank < len(self.refs):
-            raise ValueError(f"unique_reply_rank={unique_reply_rank} outside 0..{len(self.refs)-1}")
-        futs = [ref.submit(prepared, deadline,
-                           reply_on_success=unique_reply_rank in (None, rank))
-                for rank, ref in enumerate(self.refs)]
-        if unique_reply_rank is not None:
-            others = [f for rank, f in enumerate(futs) if rank != unique_reply_rank]
-            return first_failure_or(futs[unique_reply_rank], others, self._on_divergence)
-        return futs if non_block else gather_ranks(futs)
+        futs = [ref.submit(prepared, deadline) for ref in self.refs]
+        replies = CollectiveReplies(prepared.method, futs, unique_reply_rank, self._fail)
+        if non_block:
+            replies.result.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return futs
+        return replies.result
 
     def _prepare(self, method: str | Callable[..., Any], args: Sequence[Any],
                  kwargs: dict[str, Any] | None) -> PreparedCall:
@@ -171,19 +197,22 @@ class Executor(abc.ABC):
         return self.failure is not None
 
     def register_failure_callback(self, callback: FailureCallback) -> None:
-        """``callback()`` runs exactly once, when a worker dies (at once if one already has)."""
+        """``callback()`` runs exactly once, when the executor fails (a worker died, the ranks
+        diverged, a watchdog fired); at once if it already has."""
         if self.failure is not None:
             callback()
         else:
             self._failure_callbacks.append(callback)
 
-    def _on_worker_death(self, ref: ActorRef | None, error: BaseException) -> None:
+    def _fail(self, error: BaseException) -> None:
+        """The ranks can no longer be trusted (one died, they diverged, a watchdog fired):
+        fail every pending call, run the failure callbacks once, refuse later calls."""
         if self.failure is not None or self._shut_down:
             return
         logger.error("executor failed: %s", error)
         self.failure = error
-        for other in self.refs:
-            other.fail_pending(error)
+        for ref in self.refs:
+            ref.fail_pending(error)
         callbacks, self._failure_callbacks = self._failure_callbacks, []
         for callback in callbacks:
             try:
@@ -191,10 +220,8 @@ class Executor(abc.ABC):
             except Exception:
                 logger.exception("failure callback raised")
 
-    def _on_divergence(self, error: BaseException) -> None:
-        """A rank failed a call that the reply rank completed: the ranks' states differ."""
-        self._on_worker_death(None, ExecutorFailedError(
-            f"a rank failed after the output rank had answered; ranks no longer agree: {error}"))
+    def _on_worker_death(self, ref: ActorRef, error: BaseException) -> None:
+        self._fail(error)
 
     def _check_usable(self) -> None:
         if self.failure is not None:
@@ -204,18 +231,18 @@ class Executor(abc.ABC):
 
     # -- the worker surface (vLLM v1 names) -----------------------------------
     def execute_model(self, scheduler_output: SchedulerOutput,
-                      timeout: float | None = None) -> Awaitable[ModelRunnerOutput]:
-        """Send one step to every rank now; the awaitable yields the output rank's result."""
+                      timeout: float | None = None) -> asyncio.Future[ModelRunnerOutput]:
+        """Send one step to every rank now; the future yields the output rank's result."""
         return self.collective_rpc("execute_model", (scheduler_output,), timeout=timeout,
                                    unique_reply_rank=self.output_rank)
 
-    def execute_dummy_batch(self) -> Awaitable[list[None]]:
+    def execute_dummy_batch(self) -> asyncio.Future[list[None]]:
         return self.collective_rpc("execute_dummy_batch")
 
-    def determine_available_memory(self) -> Awaitable[list[int]]:
+    def determine_available_memory(self) -> asyncio.Future[list[int]]:
         return self.collective_rpc("determine_available_memory")
 
-    def get_kv_cache_specs(self) -> Awaitable[list[dict[str, KVCacheSpec]]]:
+    def get_kv_cache_specs(self) -> asyncio.Future[list[dict[str, KVCacheSpec]]]:
         return self.collective_rpc("get_kv_cache_spec")
 
     async def initialize_from_config(self, kv_cache_configs: list[KVCacheConfig]) -> None:
@@ -231,23 +258,26 @@ class Executor(abc.ABC):
         await self.initialize_from_config(configs)
         return configs[0]
 
-    def get_step_timeline(self) -> Awaitable[list[list[StepTiming]]]:
+    def get_step_timeline(self) -> asyncio.Future[list[list[StepTiming]]]:
         """Per rank: when it started and finished each step (for pipelining checks)."""
         return self.collective_rpc("get_step_timeline")
 
-    def check_health(self, timeout: float | None = 10.0) -> Awaitable[list[None]]:
+    def check_health(self, timeout: float | None = 10.0) -> asyncio.Future[list[WorkerHealth]]:
+        """Each rank's :class:`WorkerHealth`, answered from its event loop even while a step
+        runs: what it is busy with and for how long. A rank that cannot answer by
+        ``timeout`` is hung; with several ranks that fails the executor."""
         return self.collective_rpc("check_health", timeout=timeout)
 
-    def start_profile(self) -> Awaitable[list[None]]:
+    def start_profile(self) -> asyncio.Future[list[None]]:
         return self.collective_rpc("start_profile")
 
-    def stop_profile(self) -> Awaitable[list[None]]:
+    def stop_profile(self) -> asyncio.Future[list[None]]:
         return self.collective_rpc("stop_profile")
 
-    def sleep(self, level: int = 1) -> Awaitable[list[None]]:
+    def sleep(self, level: int = 1) -> asyncio.Future[list[None]]:
         return self.collective_rpc("sleep", (level,))
 
-    def wake_up(self, tags: list[str] | None = None) -> Awaitable[list[None]]:
+    def wake_up(self, tags: list[str] | None = None) -> asyncio.Future[list[None]]:
         return self.collective_rpc("wake_up", (tags,))
 
     async def shutdown(self, grace_s: float = 2.0) -> None:

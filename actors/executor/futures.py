@@ -1,72 +1,93 @@
-"""Combining per-rank futures into the one awaitable a caller gets back."""
+"""One collective call's per-rank replies, judged together: the ranks must agree.
+
+Every rank answers every call. The caller's future resolves once every rank
+has answered successfully (with the list of results, or one rank's result),
+and fails at the first failure. The ranks have *diverged*, and the executor
+must fail, when:
+
+- every rank has answered and some succeeded while others failed (a step ran
+  on some ranks and not on others);
+- with more than one rank, some rank has not answered by the call's deadline
+  (it may run the call later, or wait in a collective for a rank that never
+  will; nobody can tell, so the executor stops trusting its ranks);
+- any rank reports :class:`ActorFatalError` (it stopped; its watchdog fired).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-logger = logging.getLogger("actorexec.executor")
+from actorexec.protocol.errors import ExecutorFailedError
+from actorexec.runtime import ActorFatalError, CallTimeoutError
 
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    # Mark an exception as retrieved: the combined future already reports it.
+def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
 
 
-def first_failure_or(primary: asyncio.Future[Any], others: Sequence[asyncio.Future[Any]],
-                     on_divergence: Callable[[BaseException], None] | None = None,
-                     ) -> asyncio.Future[Any]:
-    """Resolves with ``primary``'s result; fails as soon as any of the futures fails.
+class CollectiveReplies:
+    """The per-rank futures of one call; ``result`` is what the caller awaits.
 
-    A rank that fails after ``primary`` already succeeded means the ranks no
-    longer agree on state (one ran the step, another did not):
-    ``on_divergence(error)`` is told, so the caller can stop trusting them.
+    ``reply_rank=None``: ``result`` is every rank's result in rank order;
+    otherwise that rank's result alone. ``on_broken(error)`` is told once if
+    the ranks diverged (see the module docstring).
     """
-    out: asyncio.Future[Any] = primary.get_loop().create_future()
 
-    def done(fut: asyncio.Future[Any]) -> None:
-        _consume(fut)
-        if out.done():
-            if not fut.cancelled() and fut.exception() is not None:
-                error = fut.exception()
-                succeeded = not out.cancelled() and out.exception() is None
-                logger.error("a rank failed after the reply rank answered: %s", error)
-                if succeeded and on_divergence is not None:
-                    on_divergence(error)  # type: ignore[arg-type]
-            return
+    def __init__(self, method: str, futs: Sequence[asyncio.Future[Any]], reply_rank: int | None,
+                 on_broken: Callable[[BaseException], None]) -> None:
+        self.method = method
+        self.futs = list(futs)
+        self.reply_rank = reply_rank
+        self._on_broken = on_broken
+        self._broken = False
+        self._answered = 0
+        self.result: asyncio.Future[Any] = self.futs[0].get_loop().create_future()
+        for fut in self.futs:
+            fut.add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future[Any]) -> None:
+        _retrieve(fut)  # the caller sees failures through ``result`` (or the futures themselves)
+        self._answered += 1
+        error = None if fut.cancelled() else fut.exception()
         if fut.cancelled():
-            out.cancel()
-        elif fut.exception() is not None:
-            out.set_exception(fut.exception())  # type: ignore[arg-type]
-        elif fut is primary:
-            out.set_result(fut.result())
+            self._break(ExecutorFailedError(f"call {self.method!r} was cancelled on a rank"))
+        elif isinstance(error, ActorFatalError):
+            self._break(error)
+        elif isinstance(error, CallTimeoutError) and len(self.futs) > 1:
+            late = [r for r, f in enumerate(self.futs) if not f.done() or f is fut]
+            self._break(ExecutorFailedError(
+                f"ranks diverged: call {self.method!r} got no reply from rank(s) {late} by its "
+                "deadline; whether they ran it is unknown, so the ranks can no longer be "
+                f"trusted to agree ({error})"))
+        if not self.result.done():
+            if error is not None:
+                self.result.set_exception(error)
+            elif fut.cancelled():
+                self.result.cancel()
+        if self._answered == len(self.futs):
+            self._judge()
 
-    for fut in (primary, *others):
-        fut.add_done_callback(done)
-    return out
+    def _judge(self) -> None:
+        """Every rank has answered: the outcomes must agree."""
+        failed = [r for r, f in enumerate(self.futs) if f.cancelled() or f.exception()]
+        if failed and len(failed) < len(self.futs):
+            ok = [r for r in range(len(self.futs)) if r not in failed]
+            first = self.futs[failed[0]]
+            why = "cancelled" if first.cancelled() else repr(first.exception())
+            self._break(ExecutorFailedError(
+                f"ranks diverged: call {self.method!r} succeeded on rank(s) {ok} and failed on "
+                f"rank(s) {failed} (rank {failed[0]}: {why}); their states may differ"))
+        if not failed and not self.result.done():
+            if self.reply_rank is None:
+                self.result.set_result([f.result() for f in self.futs])
+            else:
+                self.result.set_result(self.futs[self.reply_rank].result())
 
-
-def gather_ranks(futs: Sequence[asyncio.Future[Any]]) -> asyncio.Future[list[Any]]:
-    """Resolves with every rank's result in rank order; fails at the first failure."""
-    out: asyncio.Future[list[Any]] = futs[0].get_loop().create_future()
-    remaining = [len(futs)]
-
-    def done(fut: asyncio.Future[Any]) -> None:
-        _consume(fut)
-        if out.done():
+    def _break(self, error: BaseException) -> None:
+        if self._broken:
             return
-        if fut.cancelled():
-            out.cancel()
-        elif fut.exception() is not None:
-            out.set_exception(fut.exception())  # type: ignore[arg-type]
-        else:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                out.set_result([f.result() for f in futs])
-
-    for fut in futs:
-        fut.add_done_callback(done)
-    return out
+        self._broken = True
+        self._on_broken(error)

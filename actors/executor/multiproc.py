@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from actorexec.protocol import wire_config
-from actorexec.runtime import EndpointDir, ProcessRef, free_tcp_port, spawn_actor, tcp
+from actorexec.runtime import ProcessRef
+from actorexec.runtime.endpoints import EndpointDir, tcp
 
 from .abstract import Executor
+
+STORE_FILE = "rendezvous.store"  # torch.distributed's file store, in the private directory
 
 
 class MultiprocExecutor(Executor):
@@ -16,7 +20,9 @@ class MultiprocExecutor(Executor):
     Python interpreter per rank, and a crash that kills one rank is seen, not hung on.
 
     Each worker binds a ROUTER (``ipc://`` in a private 0700 directory, or
-    ``tcp://host:port``); this executor connects one DEALER per worker.
+    ``tcp://host:port``); this executor connects one DEALER per worker. With
+    several ranks, they meet for torch.distributed through a file store in
+    that directory. The directory exists only when one of the two needs it.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -31,26 +37,28 @@ class MultiprocExecutor(Executor):
         return self._dir.ipc(f"rank{rank}.sock")
 
     async def _start_workers(self) -> None:
-        self._dir = EndpointDir()
+        p = self.parallel_config
+        if p.transport == "ipc" or self.world_size > 1:
+            self._dir = EndpointDir()
+        store = None if self.world_size == 1 else os.path.join(self._dir.path, STORE_FILE)
         config = wire_config(self.config)
-        init_method = f"tcp://127.0.0.1:{free_tcp_port()}"  # torch.distributed rendezvous
-        starts = [spawn_actor(
-            self.parallel_config.worker_cls,
-            {"config": config, "rank": rank, "distributed_init_method": init_method},
-            rank=rank, endpoint=self._endpoint(rank), backend=self.parallel_config.zmq_backend,
-            start_timeout_s=self.parallel_config.worker_start_timeout_s,
-            on_death=self._on_worker_death) for rank in range(self.world_size)]
-        results = await asyncio.gather(*starts, return_exceptions=True)
-        self.refs = [r for r in results if isinstance(r, ProcessRef)]
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        init_method = None if store is None else f"file://{store}"
+        for rank in range(self.world_size):
+            # Recorded as soon as the process exists: a cancelled start kills it on shutdown.
+            self.refs.append(await ProcessRef.spawn(
+                p.worker_cls,
+                {"config": config, "rank": rank, "distributed_init_method": init_method},
+                rank=rank, endpoint=self._endpoint(rank), backend=p.zmq_backend,
+                on_death=self._on_worker_death,
+                private_dir=None if self._dir is None else self._dir.path,
+                shared_files=() if store is None else (store,)))
+        await asyncio.gather(*(ref.wait_ready(p.worker_start_timeout_s) for ref in self.refs))
 
     async def _stop_workers(self, grace_s: float) -> None:
         try:
             # A failed executor kills its remaining workers at once: they may be stuck in
             # a collective with the dead rank, so a polite shutdown would only wait.
-            if self.failure is None and self.refs:
+            if self.failure is None and self.refs and grace_s > 0:
                 start = time.monotonic()
                 await self._ask_shutdown(timeout_s=grace_s)
                 left = max(0.1, grace_s - (time.monotonic() - start))

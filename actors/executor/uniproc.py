@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from actorexec.runtime import LocalRef, free_tcp_port
+from actorexec.runtime import LocalRef
 
 from .abstract import Executor
 
@@ -12,25 +12,25 @@ from .abstract import Executor
 class UniProcExecutor(Executor):
     """One rank, no processes. Why: the cheapest set-up (tests, one GPU, notebooks).
 
-    The worker's handlers run on this loop in arrival order; its model work
-    runs on the worker's one work thread (``Actor.offload``), so the loop stays
-    responsive while a step runs and calls keep their order. Callables may be
-    sent (they run on that thread as ``fn(worker, *args, **kwargs)``).
+    The worker's loop methods run on this loop in arrival order; its
+    ``thread=True`` methods (model work) on the worker's one work thread, so
+    the loop stays responsive while a step runs and calls keep their order.
+    Failures arrive as the same classes as from the mp executor. Callables may
+    be sent (they run on that thread as ``fn(worker, *args, **kwargs)``).
     """
 
     supports_callable_rpc: ClassVar[bool] = True
 
     async def _start_workers(self) -> None:
-        init_method = f"tcp://127.0.0.1:{free_tcp_port()}"
-        worker = self.worker_cls(config=self.config, rank=0, distributed_init_method=init_method)
-        ref = LocalRef(worker, rank=0)
+        worker = self.worker_cls(config=self.config, rank=0, distributed_init_method=None)
+        ref = LocalRef(worker, rank=0, on_death=self._on_worker_death)
         self.refs = [ref]
         await ref.start()
 
     async def _stop_workers(self, grace_s: float) -> None:
         try:
-            if self.refs and self.failure is None:
+            if self.refs and self.failure is None and grace_s > 0:
                 await self._ask_shutdown(timeout_s=grace_s)
         finally:
             for ref in self.refs:
-                await ref.close()
+                await ref.close(grace_s)

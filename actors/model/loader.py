@@ -8,6 +8,7 @@ memory beyond the model itself (never the whole model twice).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -85,8 +86,7 @@ def load_weights(model: LlamaForCausalLM, path: str | Path, progress: bool = Tru
     if model.config.tie_word_embeddings and "model.embed_tokens.weight" in params:
         pending.discard("lm_head.weight")  # shares the embedding's storage
     files = shard_files(path)
-    bar = tqdm(files, desc="loading shards", unit="shard", disable=not progress or len(files) < 2)
-    for file in bar:
+    for file in _progress(files, show=progress and len(files) > 1):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
                 for target, shard in _targets(model, name):
@@ -105,6 +105,21 @@ def load_weights(model: LlamaForCausalLM, path: str | Path, progress: bool = Tru
     if pending:
         raise WeightLoadError(f"checkpoint {str(path)!r} lacks tensors for "
                               f"{sorted(pending)[:8]}{' ...' if len(pending) > 8 else ''}")
+
+
+def _progress(files: list[Path], show: bool) -> list[Path] | tqdm:
+    """``files``, with a progress bar when ``show``.
+
+    tqdm's default lock is a multiprocessing RLock: a named semaphore in
+    /dev/shm that a SIGKILLed worker leaves behind. It is created by any bar,
+    even a disabled one, so: no bar unless shown, and a thread lock (one
+    process's bars need no more).
+    """
+    if not show:
+        return files
+    if "_lock" not in vars(tqdm):  # never replace a lock someone else chose
+        tqdm.set_lock(threading.RLock())
+    return tqdm(files, desc="loading shards", unit="shard")
 
 
 def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:

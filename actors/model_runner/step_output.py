@@ -8,6 +8,9 @@ prepared while this one's tokens travel. On the CPU the output is ready at once.
 
 from __future__ import annotations
 
+import concurrent.futures
+import queue
+import threading
 from collections.abc import Callable
 
 import torch
@@ -82,3 +85,34 @@ def copy_to_host(tensors: list[torch.Tensor], side_stream: torch.cuda.Stream | N
     for tensor in tensors:
         tensor.record_stream(side_stream)
     return hosts, event
+
+
+class OutputWaiter:
+    """One thread that waits for pending outputs' copies, in step order, and completes
+    their futures: the worker replies when a step's ids reach the host while its work
+    thread already prepares the next step. Owned by the worker (``close`` at shutdown).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[PendingOutput, concurrent.futures.Future] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="output-waiter", daemon=True)
+        self._thread.start()
+
+    def submit(self, pending: PendingOutput) -> concurrent.futures.Future[ModelRunnerOutput]:
+        future: concurrent.futures.Future[ModelRunnerOutput] = concurrent.futures.Future()
+        self._queue.put((pending, future))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            pending, future = item
+            try:
+                future.set_result(pending.result())  # waits on the copy's event (GIL released)
+            except BaseException as exc:  # e.g. a CUDA error surfacing at the sync
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """Finishes what was submitted, then stops the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=10.0)

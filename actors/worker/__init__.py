@@ -1,5 +1,6 @@
-"""The Worker actor (one per rank)."""
+"""The Worker actor (one per rank) and what it reports about its health."""
 
+from .health import WorkerHealth
 from .worker import Worker
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerHealth"]

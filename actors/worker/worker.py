@@ -1,18 +1,19 @@
 """The Worker actor: one per rank; device, process groups, model, KV cache, RPC surface.
 
 Every method that touches the model runs on the actor's single work thread
-(``Actor.offload``): the handler returns at once with a future, so the next
-message is decoded while this one computes, and replies still leave in order.
-torch and the model runner are imported lazily (in the work thread) so that
-starting a worker process stays cheap until ``init_device``.
+(``@expose(thread=True)``): the loop takes the next message while it computes,
+and replies still leave in order. ``check_health`` is answered from the loop,
+never behind a running step. torch and the model runner are imported lazily
+(on the work thread) so that starting a worker process stays cheap until
+``init_device``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import sys
-import time
 from typing import Any
 
 from actorexec.protocol import (
@@ -26,14 +27,21 @@ from actorexec.protocol import (
 from actorexec.protocol.errors import ConfigError
 from actorexec.runtime import Actor, expose
 
+from .health import StepTracker, WorkerHealth
+
 logger = logging.getLogger("actorexec.worker")
 
 
 class Worker(Actor):
     """One rank. Why an actor: its mailbox orders steps, and only the methods below
-    (the allow-list) can be called from outside."""
+    (the allow-list) can be called from outside.
 
-    def __init__(self, config: Config, rank: int, distributed_init_method: str) -> None:
+    ``distributed_init_method`` is where the ranks' process group meets
+    (``file://`` in the executor's private directory); None for one rank.
+    """
+
+    def __init__(self, config: Config, rank: int, distributed_init_method: str | None) -> None:
+        super().__init__()
         self.config = config
         self.rank = rank
         self.distributed_init_method = distributed_init_method
@@ -42,9 +50,8 @@ class Worker(Actor):
         self.parallel: Any = None
         self.model_runner: Any = None
         self._profiler: Any = None
-        self._timeline: list[StepTiming] = []  # bounded: see _TIMELINE_LEN
-
-    _TIMELINE_LEN = 4096
+        self._steps = StepTracker(rank)
+        self._output_waiter: Any = None  # OutputWaiter, started by the first pending output
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -64,12 +71,49 @@ class Worker(Actor):
                     "use DeviceConfig(device='cpu')")
         validate_parallel(config)
 
-    # -- set-up ---------------------------------------------------------------
-    @expose
-    def init_device(self) -> None:
-        return self.offload(self._init_device)
+    # -- lifecycle -------------------------------------------------------------
+    async def background(self) -> None:
+        """The forward-progress watchdog: a step past ``step_timeout_s`` stops this worker
+        loudly (ActorFatalError naming rank and step), which fails the executor."""
+        limit = self.config.parallel.step_timeout_s
+        if limit is not None:
+            await self._steps.watch(limit)
 
-    def _init_device(self) -> None:
+    def _execute(self, scheduler_output: SchedulerOutput) -> Any:
+        """The runner's output, or (CUDA, ids still on their way to the host) a future of it
+        that the output waiter completes when the device->host copy's event fires."""
+        runner = self._runner()
+        execute_async = getattr(runner, "execute_model_async", None)
+        if execute_async is None:  # test runners
+            return runner.execute_model(scheduler_output)
+        pending = execute_async(scheduler_output)
+        if pending is None or pending.done():
+            return None if pending is None else pending.result()
+        if self._output_waiter is None:
+            from actorexec.actors.model_runner.step_output import OutputWaiter
+
+            self._output_waiter = OutputWaiter()
+        return self._output_waiter.submit(pending)
+
+    async def on_stop(self) -> None:
+        """After an orderly shutdown: stop the output waiter, drop the process group on the
+        thread that made it."""
+        if self._output_waiter is not None:
+            self._output_waiter.close()
+            self._output_waiter = None
+        await self.offload(self._release_process_group)
+
+    def _release_process_group(self) -> None:
+        if "torch.distributed" not in sys.modules:  # never imported: nothing to release
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # -- set-up ---------------------------------------------------------------
+    @expose(thread=True)
+    def init_device(self) -> None:
         import torch
 
         from actorexec.actors.distributed import init_distributed
@@ -90,11 +134,8 @@ class Worker(Actor):
         self.parallel = init_distributed(self.config, self.rank, self.distributed_init_method,
                                          self.device)
 
-    @expose
+    @expose(thread=True)
     def load_model(self) -> None:
-        return self.offload(self._load_model)
-
-    def _load_model(self) -> None:
         from actorexec.actors.model_runner import ModelRunner
 
         self.model_runner = ModelRunner(self.config, self.device, self.parallel)
@@ -106,68 +147,71 @@ class Worker(Actor):
         return self.model_runner
 
     # -- KV cache -------------------------------------------------------------
-    @expose
+    @expose(thread=True)
     def determine_available_memory(self) -> int:
-        return self.offload(lambda: self._runner().determine_available_memory())
+        return self._runner().determine_available_memory()
 
-    @expose
+    @expose(thread=True)
     def get_kv_cache_spec(self) -> dict[str, KVCacheSpec]:
-        return self.offload(lambda: self._runner().get_kv_cache_spec())
+        return self._runner().get_kv_cache_spec()
 
-    @expose
+    @expose(thread=True)
     def initialize_from_config(self, kv_cache_configs: list[KVCacheConfig]) -> None:
         """Takes every rank's config (sent once to all ranks) and allocates its own."""
-        config = kv_cache_configs[self.rank]
-        return self.offload(lambda: self._runner().initialize_kv_cache(config))
+        self._runner().initialize_kv_cache(kv_cache_configs[self.rank])
 
-    @expose
+    @expose(thread=True)
     def compile_or_warm_up_model(self) -> None:
-        return self.offload(lambda: self._runner().compile_or_warm_up_model())
+        self._runner().compile_or_warm_up_model()
 
     # -- steps ----------------------------------------------------------------
-    @expose
+    @expose(thread=True)
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
-        return self.offload(self._timed_execute, scheduler_output)
-
-    def _timed_execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
-        start = time.monotonic()
+        """One step. The runner may return a ``concurrent.futures.Future`` of the output
+        (device->host copy in flight): the reply then leaves when it completes, while
+        this thread takes the next step; the step counts as running until then."""
+        token = self._steps.begin(scheduler_output.step_id)
         try:
-            return self._runner().execute_model(scheduler_output)
-        finally:
-            if len(self._timeline) >= self._TIMELINE_LEN:
-                del self._timeline[: self._TIMELINE_LEN // 2]
-            self._timeline.append(StepTiming(scheduler_output.step_id, self.rank, start,
-                                             time.monotonic()))
+            output = self._execute(scheduler_output)
+        except BaseException:
+            self._steps.end(token)
+            raise
+        if isinstance(output, concurrent.futures.Future):
+            output.add_done_callback(lambda _: self._steps.end(token))
+        else:
+            self._steps.end(token)
+        return output
 
-    @expose
+    @expose(thread=True)
     def get_step_timeline(self) -> list[StepTiming]:
-        """When this rank ran its recent steps (oldest first); clears the record."""
-        timeline, self._timeline = self._timeline, []
-        return timeline
+        """When this rank ran its recent steps (oldest first, every step queued before this
+        call included); clears the record."""
+        return self._steps.take_timeline()
 
-    @expose
+    @expose(thread=True)
     def execute_dummy_batch(self) -> None:
-        return self.offload(lambda: self._runner().execute_dummy_batch())
+        self._runner().execute_dummy_batch()
 
-    @expose
-    def check_health(self) -> None:
-        """Answers when the mailbox reaches it: the loop and the socket are alive."""
-        return None
+    @expose(ordered=False)
+    def check_health(self) -> WorkerHealth:
+        """Answered from the event loop at once, ahead of replies to steps still running."""
+        status = self.work_status()
+        return WorkerHealth(rank=self.rank,
+                            busy_method=None if status is None else status.method,
+                            busy_for_s=0.0 if status is None else status.busy_for_s,
+                            steps_done=self._steps.steps_done)
 
     # -- memory and profiling -------------------------------------------------
-    @expose
+    @expose(thread=True)
     def sleep(self, level: int = 1) -> None:
-        return self.offload(lambda: self._runner().sleep(level))
+        self._runner().sleep(level)
 
-    @expose
+    @expose(thread=True)
     def wake_up(self, tags: list[str] | None = None) -> None:
-        return self.offload(lambda: self._runner().wake_up(tags))
+        self._runner().wake_up(tags)
 
-    @expose
+    @expose(thread=True)
     def start_profile(self) -> None:
-        return self.offload(self._start_profile)
-
-    def _start_profile(self) -> None:
         import torch
 
         if self.config.profile_dir is None:
@@ -180,11 +224,8 @@ class Worker(Actor):
         self._profiler = torch.profiler.profile(activities=activities, record_shapes=True)
         self._profiler.start()
 
-    @expose
+    @expose(thread=True)
     def stop_profile(self) -> None:
-        return self.offload(self._stop_profile)
-
-    def _stop_profile(self) -> None:
         if self._profiler is None:
             raise RuntimeError("start_profile has not run")
         profiler, self._profiler = self._profiler, None
@@ -194,18 +235,3 @@ class Worker(Actor):
         path = os.path.join(self.config.profile_dir, f"trace_rank{self.rank}_pid{os.getpid()}.json")
         profiler.export_chrome_trace(path)
         logger.info("rank %d: profile trace written to %s", self.rank, path)
-
-    # -- shutdown -------------------------------------------------------------
-    @expose
-    def shutdown(self) -> None:
-        self.request_stop()
-        return self.offload(self._release)
-
-    def _release(self) -> None:
-        """Drop the process group (if any) so no rendezvous socket lingers."""
-        if "torch.distributed" not in sys.modules:  # never imported: nothing to release
-            return
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()

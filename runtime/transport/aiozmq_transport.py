@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import Sequence
 
 import aiozmq
@@ -11,11 +10,13 @@ import zmq
 
 from actorexec.protocol.codec import Frame
 
-from .base import Transport, TransportClosed, logger
+from .base import Transport, TransportClosed
+from .peer_outbox import PeerOutbox
 
 
 class AiozmqTransport(Transport):
-    """An aiozmq stream; writes are buffered in order by aiozmq when the socket is full."""
+    """An aiozmq stream. DEALER writes are buffered in order by aiozmq when the socket is
+    full; ROUTER replies go through per-peer queues (:class:`PeerOutbox`)."""
 
     def __init__(self, stream: aiozmq.ZmqStream, endpoint: str, router: bool) -> None:
         self.endpoint = endpoint
@@ -24,6 +25,7 @@ class AiozmqTransport(Transport):
         self._sock: zmq.Socket = stream.transport.get_extra_info("zmq_socket")
         self._closed = False
         self._recheck_pending = False
+        self._peers = PeerOutbox(self._try_send, endpoint)
 
     @classmethod
     async def create(cls, kind: str, endpoint: str, bind: bool) -> AiozmqTransport:
@@ -43,24 +45,18 @@ class AiozmqTransport(Transport):
     def send_to(self, identity: bytes, frames: Sequence[Frame]) -> None:
         if self._closed:
             raise TransportClosed(f"transport {self.endpoint} is closed")
-        msg = [identity, *frames]
-        if self._stream.transport.get_write_buffer_size() == 0:
-            # aiozmq treats EHOSTUNREACH (a peer that left before its reply) as fatal
-            # and closes the socket; try the send ourselves so one vanished peer
-            # cannot take down an actor serving others. EAGAIN falls back to aiozmq's
-            # ordered buffer (nothing is queued ahead of us, so order holds).
-            try:
-                self._sock.send_multipart(msg, zmq.DONTWAIT, copy=False)
-                return
-            except zmq.ZMQError as exc:
-                if exc.errno == errno.EHOSTUNREACH:
-                    logger.warning("reply to a vanished peer dropped: %s", exc)
-                    return
-                if exc.errno not in (errno.EAGAIN, errno.EINTR):
-                    raise
-            finally:
-                self._recheck_events()
-        self._stream.write(msg)
+        self._peers.send_to(identity, list(frames))
+
+    def _try_send(self, message: list[Frame]) -> None:
+        """One non-blocking send on the raw socket, never through aiozmq's write buffer.
+
+        aiozmq's buffer is one queue for every peer, and aiozmq treats EHOSTUNREACH
+        (a peer that left before its reply) as fatal and closes the socket.
+        """
+        try:
+            self._sock.send_multipart(message, zmq.DONTWAIT, copy=False)
+        finally:
+            self._recheck_events()
 
     def _recheck_events(self) -> None:
         """Has aiozmq look at the socket's events again after a send made outside it.
@@ -95,4 +91,5 @@ class AiozmqTransport(Transport):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._peers.close()
             self._stream.close()

@@ -4,9 +4,10 @@ Two socket roles are used. An actor process *binds* a ROUTER (it may serve
 several peers: the executor, a test writing raw frames); a caller *connects*
 a DEALER. ``send`` is synchronous and ordered: frames handed to it leave in
 call order, which is what lets ``execute_model`` send at once from a plain
-``def``. Nothing is dropped silently: ROUTER sockets set ``ROUTER_MANDATORY``
-(without it a ROUTER drops at its high-water mark or for an unknown peer), so a
-full queue waits and an unreachable peer becomes a logged error.
+``def``. ROUTER sockets set ``ROUTER_MANDATORY`` (without it a ROUTER drops at
+its high-water mark or for an unknown peer silently) and queue replies per
+peer (``peer_outbox.py``): a peer that stops reading holds up only its own
+replies, and a peer that has left loses its replies with a logged warning.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 from collections.abc import Sequence
 
 from actorexec.protocol.codec import Frame
+
+from .peer_outbox import PeerOutbox
 
 logger = logging.getLogger("actorexec.runtime.transport")
 
@@ -30,6 +33,7 @@ class Transport(abc.ABC):
     """One ZeroMQ socket on the running event loop."""
 
     endpoint: str
+    _peers: PeerOutbox
 
     @abc.abstractmethod
     def send(self, frames: Sequence[Frame]) -> None:
@@ -37,7 +41,13 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def send_to(self, identity: bytes, frames: Sequence[Frame]) -> None:
-        """Queue one message to the peer ``identity`` (ROUTER side)."""
+        """Send one message to the peer ``identity`` now, or queue it behind that peer's
+        earlier replies (ROUTER side); never waits behind another peer."""
+
+    async def wait_send_failure(self) -> None:
+        """Never returns; raises if a reply queued for a slow peer later fails to send
+        (ROUTER side). Hosts await it in their task group."""
+        await self._peers.wait_failure()
 
     @abc.abstractmethod
     async def recv(self) -> list[bytes]:

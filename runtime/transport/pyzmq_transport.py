@@ -10,10 +10,12 @@ import zmq.asyncio
 from actorexec.protocol.codec import Frame
 
 from .base import Transport, TransportClosed, logger
+from .peer_outbox import PeerOutbox
 
 
 class PyzmqTransport(Transport):
-    """A ``zmq.asyncio`` socket. Sends go out at once unless queued ones wait (order kept)."""
+    """A ``zmq.asyncio`` socket. DEALER sends go out at once unless queued ones wait (order
+    kept); ROUTER replies go through per-peer queues (:class:`PeerOutbox`)."""
 
     def __init__(self, kind: str, endpoint: str, bind: bool) -> None:
         self.endpoint = endpoint
@@ -27,12 +29,23 @@ class PyzmqTransport(Transport):
         else:
             self._sock.connect(endpoint)
         self._closed = False
+        self._peers = PeerOutbox(self._try_send, endpoint)
 
     def send(self, frames: Sequence[Frame]) -> None:
         self._send(list(frames))
 
     def send_to(self, identity: bytes, frames: Sequence[Frame]) -> None:
-        self._send([identity, *frames])
+        if self._closed:
+            raise TransportClosed(f"transport {self.endpoint} is closed")
+        self._peers.send_to(identity, list(frames))
+
+    def _try_send(self, message: list[Frame]) -> None:
+        # DONTWAIT resolves at once (pyzmq short-circuits it; no blocking send is ever
+        # queued on a ROUTER), so a full pipe raises zmq.Again here, not later.
+        fut = self._sock.send_multipart(message, flags=zmq.DONTWAIT, copy=False)
+        exc = fut.exception()
+        if exc is not None:
+            raise exc
 
     def _send(self, frames: list[Frame]) -> None:
         if self._closed:
@@ -54,6 +67,7 @@ class PyzmqTransport(Transport):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._peers.close()
             self._sock.close(linger=0)
 
 

@@ -10,6 +10,7 @@ from actorexec.runtime import Actor, expose
 
 class StepSink(Actor):
     def __init__(self) -> None:
+        super().__init__()
         self.ran = 0
 
     @expose

@@ -13,7 +13,8 @@ import zmq.asyncio
 
 from actorexec.protocol.codec import EnvelopeCodec
 from actorexec.protocol.envelopes import Call, Failure, Result
-from actorexec.runtime import EndpointDir, PreparedCall, spawn_actor
+from actorexec.runtime import PreparedCall, spawn_actor
+from actorexec.runtime.endpoints import EndpointDir
 from tests.protocol.step_sink import StepSink
 from tests.protocol.test_codec import a_scheduler_output
 

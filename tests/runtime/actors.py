@@ -9,6 +9,7 @@ from actorexec.runtime import Actor, expose
 
 class Counter(Actor):
     def __init__(self, start: int) -> None:
+        super().__init__()
         self.count = start
 
     @expose
@@ -17,8 +18,30 @@ class Counter(Actor):
         return self.count
 
     @expose
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+    @expose
     def pid(self) -> int:
         return os.getpid()
+
+    @expose
+    def break_replies(self) -> None:
+        """Fault injection: from now on this process's reply socket raises, as a ZeroMQ
+        error while sending would (the socket and process stay real)."""
+        import errno
+        import gc
+
+        import zmq
+
+        from actorexec.runtime.server import ActorServer
+
+        server = next(o for o in gc.get_objects() if isinstance(o, ActorServer))
+
+        def broken(*args: object) -> None:
+            raise zmq.ZMQError(errno.ENOTSUP)
+
+        server.transport.send_to = broken  # type: ignore[method-assign]
 
     def secret(self) -> None:  # not exposed: must never run from outside
         self.count = -1000

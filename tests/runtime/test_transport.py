@@ -18,15 +18,9 @@ from actorexec.protocol import (
     Result,
 )
 from actorexec.protocol.codec import generic_spec
-from actorexec.runtime import (
-    EndpointDir,
-    PreparedCall,
-    bind_router,
-    connect_dealer,
-    run,
-    spawn_actor,
-    tcp,
-)
+from actorexec.runtime import PreparedCall, run, spawn_actor
+from actorexec.runtime.endpoints import EndpointDir, tcp
+from actorexec.runtime.transport import bind_router, connect_dealer
 
 from .actors import Counter
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -55,39 +55,79 @@ async def test_async_with_leaves_no_process_or_socket_file(how):
     assert_gone(seen["pids"], seen["dir"])
 
 
+async def _wait_for_file(path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.05)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.timeout(90)
+async def test_cancelling_create_after_rank_0_is_ready_while_rank_1_starts_leaves_nothing(
+        tmp_path, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("ACTOREXEC_TEST_MARK_DIR", str(marks))
+    monkeypatch.setenv("ACTOREXEC_TEST_RANK1_START_DELAY_S", "60")  # rank 1 is slow to start
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the private dir goes
+    creating = asyncio.create_task(Executor.create(make_config("mp", tp=2)))
+    await _wait_for_file(str(marks / "rank0.pid"), 60)
+    await _wait_for_file(str(marks / "rank1.pid"), 60)
+    await asyncio.sleep(0.5)  # rank 0 is serving; rank 1 is still in its start-up
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+    for rank in (0, 1):
+        pid = int((marks / f"rank{rank}.pid").read_text())
+        assert _wait_gone(pid, 5), f"rank {rank} (pid {pid}) outlived the cancelled create"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("actorexec-")]
+
+
 PARENT = textwrap.dedent("""
-    import asyncio, sys
+    import asyncio, os, sys
     sys.path.insert(0, {root!r})
     from actorexec.actors.executor import Executor
     from tests.actors.executor.test_executor import make_config
     async def main():
-        ex = await Executor.create(make_config("mp"))
-        print(ex.refs[0].pid, ex._dir.path, flush=True)
+        ex = await Executor.create(make_config("mp", tp={tp}, transport={transport!r}))
+        print(" ".join(str(ref.pid) for ref in ex.refs), flush=True)
         await asyncio.sleep(60)
     asyncio.run(main())
 """)
 
 
+@pytest.mark.parametrize("transport,tp", [("ipc", 1), ("ipc", 2), ("tcp", 1), ("tcp", 2)])
 @pytest.mark.timeout(60)
-def test_workers_exit_when_their_parent_is_killed():
+def test_workers_exit_and_clean_up_when_their_parent_is_killed(transport, tp, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(root=root)],
-                              stdout=subprocess.PIPE, text=True)
-    leftover = ""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the parent's private dir goes here
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(root=root, tp=tp, transport=transport)],
+        stdout=subprocess.PIPE, text=True, env=env)
     try:
-        pid_text, leftover = parent.stdout.readline().split()
-        child = int(pid_text)
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == tp
+        made = [p for p in os.listdir(tmp_path) if p.startswith("actorexec-")]
+        # tcp with one rank needs no directory (no socket files, no rendezvous)
+        assert len(made) == (0 if (transport, tp) == ("tcp", 1) else 1)
         parent.kill()
         parent.wait()
+        for pid in workers:
+            assert _wait_gone(pid, 3), f"worker {pid} outlived its parent"
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                os.kill(child, 0)
-            except ProcessLookupError:
-                return
+        while os.listdir(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.05)
-        pytest.fail(f"worker {child} outlived its parent")
+        assert not os.listdir(tmp_path), "the last worker out left the private directory"
     finally:
         parent.kill()
-        # A SIGKILLed parent cannot clean up; its private endpoint dir is the test's to remove.
-        shutil.rmtree(leftover, ignore_errors=True)
