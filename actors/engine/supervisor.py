@@ -154,7 +154,7 @@ class ExecutorSupervisor:
         """The executor failed with ``error`` while ``in_flight`` ran: restart or not?"""
         self._failed_at = time.monotonic()
         if not self.policy.try_begin():
-            if self.policy.config.enabled:
+            if self.policy.config.enabled and self.policy.config.max_restarts > 0:
                 logger.error("executor failed and the restart budget (%s) is spent; every "
                              "stream ends with its error: %s", self.policy.describe(), error)
             return False
@@ -205,8 +205,8 @@ class ExecutorSupervisor:
         self.restarts.append(record)
         self.blamed = []
         logger.warning(
-            "executor restarted (%d in the budget of %s) after: %s; recovered in %.2f s "
-            "(back-off %.2f s); %d request(s) resume by recompute%s", len(self.restarts),
+            "executor restart %d (budget: %s) after: %s; recovered in %.2f s (back-off "
+            "%.2f s); %d request(s) resume by recompute%s", len(self.restarts),
             self.policy.describe(), record.cause, record.recovered_s, record.backoff_s,
             num_resumed, f"; failed alone: {list(record.blamed)}" if record.blamed else "")
         return record

@@ -27,8 +27,9 @@ def tmpdir_env(tmp_path: Path) -> dict[str, str]:
     return {"TMPDIR": str(tmp_path / "tmp")}
 
 
-def test_health_turns_503_once_a_worker_dies(tmp_path, tmpdir_env):
-    server = Server("--backend", "mp", cache=tmp_path / "cache", env=tmpdir_env)
+def test_with_restarts_off_health_turns_503_once_a_worker_dies(tmp_path, tmpdir_env):
+    server = Server("--backend", "mp", "--max-restarts", "0", cache=tmp_path / "cache",
+                    env=tmpdir_env)
     try:
         assert server.get("/health")[0] == 200
         status, body = server.post("/v1/completions", {"model": MODEL, "prompt": "Hi",
