@@ -16,6 +16,7 @@ import pytest
 
 from actorexec.actors.engine import AsyncEngine, RequestOutput
 from actorexec.protocol import (
+    ActorClosedError,
     ActorDiedError,
     CacheConfig,
     Config,
@@ -35,6 +36,12 @@ NUM_STREAMS, MAX_TOKENS = 16, 40
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 PROMPTS = [[3 + (i * 31 + j * 7) % 120 for j in range(4 + (i * 5) % 23)]
            for i in range(NUM_STREAMS)]
+# Seeded sampling draws from a hash of (seed, position, token id): a recomputed request
+# draws what it would have drawn (docs/engine.md, "Restarts").
+SEEDED = [SamplingParams(temperature=0.8, top_p=0.95, seed=100 + i, max_tokens=MAX_TOKENS,
+                         ignore_eos=True) for i in range(4)]
+ALL_PARAMS = [GREEDY] * NUM_STREAMS + SEEDED
+ALL_PROMPTS = PROMPTS + PROMPTS[:len(SEEDED)]
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +76,12 @@ class Streams:
     is recorded with how many restarts the engine had finished by then."""
 
     def __init__(self, engine: AsyncEngine, prompts: list[list[int]],
-                 params: SamplingParams = GREEDY) -> None:
+                 params: SamplingParams | list[SamplingParams] = GREEDY) -> None:
         self.engine = engine
         self.tokens: list[list[int]] = [[] for _ in prompts]
         self.arrivals: list[tuple[float, int]] = []
-        self.tasks = [asyncio.create_task(self._consume(i, p, params))
+        each = params if isinstance(params, list) else [params] * len(prompts)
+        self.tasks = [asyncio.create_task(self._consume(i, p, each[i]))
                       for i, p in enumerate(prompts)]
 
     async def _consume(self, i: int, prompt: list[int], params: SamplingParams) -> list[int]:
@@ -125,11 +133,11 @@ async def kill_mid_stream(streams: Streams, rank: int) -> float:
 
 @pytest.fixture(scope="module")
 def undisturbed(tiny_llama: Path) -> list[list[int]]:
-    """The streams' tokens with no failure (one rank, in-process: greedy tokens are the same
-    on every layout, tests/actors/parallel checks that)."""
+    """The greedy then the seeded streams' tokens with no failure (one rank, in-process:
+    greedy tokens are the same on every layout, tests/actors/parallel checks that)."""
     async def run() -> list[list[int]]:
         async with await AsyncEngine.create(engine_config(tiny_llama, "uni")) as engine:
-            return await Streams(engine, PROMPTS).results()  # type: ignore[return-value]
+            return await Streams(engine, ALL_PROMPTS, ALL_PARAMS).results()  # type: ignore
     return asyncio.run(run())
 
 
@@ -142,7 +150,7 @@ async def test_tp2_streams_survive_a_rank_killed_twice_in_a_row_with_every_token
         first = await kill_mid_stream(streams, rank=1)
         # Again at once: the fresh executor dies before most requests got a token back.
         second = await kill_mid_stream(streams, rank=0)
-        assert await streams.results() == undisturbed
+        assert await streams.results() == undisturbed[:NUM_STREAMS]
         assert len(engine.restarts) == 2 and not engine.is_failed
         pids = [ref.pid for ref in engine.executor.refs]
     print(f"\nTP=2, 16 streams: kill -> first token after recovery {first:.2f} s, then "
@@ -152,18 +160,30 @@ async def test_tp2_streams_survive_a_rank_killed_twice_in_a_row_with_every_token
 
 
 @pytest.mark.timeout(120)
-async def test_pp2_streams_survive_a_killed_stage_with_every_token_exact(
+async def test_pp2_greedy_and_seeded_streams_survive_a_killed_stage_with_every_token_exact(
         tiny_llama, undisturbed, private_tmp):
     async with await AsyncEngine.create(engine_config(tiny_llama, pp=2)) as engine:
-        streams = Streams(engine, PROMPTS)
+        streams = Streams(engine, ALL_PROMPTS, ALL_PARAMS)
         await streams.wait_for(lambda: min(map(len, streams.tokens)) >= 5)
+        restarting = asyncio.Event()
+        late = asyncio.create_task(added_while_restarting(engine, restarting))
         first = await kill_mid_stream(streams, rank=1)     # the last stage: it samples
         assert await streams.results() == undisturbed
+        assert restarting.is_set() and await late == undisturbed[0]
         assert engine.peak_in_flight == 2
         pids = [ref.pid for ref in engine.executor.refs]
     print(f"\nPP=2, 16 streams: kill -> first token after recovery {first:.2f} s "
           f"(recovered in {engine.restarts[0].recovered_s:.2f} s)")
     assert all(gone(pid) for pid in pids) and list(private_tmp.iterdir()) == []
+
+
+async def added_while_restarting(engine: AsyncEngine, restarting: asyncio.Event) -> list[int]:
+    """Adds a request while the executor is being replaced: it queues and runs after."""
+    while not engine.is_restarting:
+        await asyncio.sleep(0.001)
+    restarting.set()
+    outs = [out async for out in engine.generate(PROMPTS[0], GREEDY, request_id="late")]
+    return outs[-1].token_ids
 
 
 @pytest.mark.timeout(120)
@@ -219,3 +239,27 @@ async def test_a_request_that_kills_its_worker_each_time_fails_alone_and_the_res
         # third with the poisoned request the only suspect running.
         assert [r.blamed for r in engine.restarts] == [(), (), ("s3",)]
         assert not engine.is_failed
+
+
+@pytest.mark.timeout(60)
+async def test_shutting_down_during_a_restart_leaves_no_process_or_file(
+        tiny_llama, private_tmp, tmp_path_factory, monkeypatch):
+    marks = tmp_path_factory.mktemp("marks")
+    monkeypatch.setenv("ACTOREXEC_TEST_MARK_DIR", str(marks))       # each worker's pid
+    monkeypatch.setenv("ACTOREXEC_TEST_RANK0_START_DELAY_S", "1.0")  # starting takes 1 s
+    config = engine_config(tiny_llama, worker_cls="tests.actors.executor.workers:EchoWorker")
+    async with await AsyncEngine.create(config) as engine:
+        stream = engine.add_request(PROMPTS[0], SamplingParams(max_tokens=200, ignore_eos=True))
+        await anext(stream)
+        failed = engine.executor.refs[0].pid
+        os.kill(failed, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (marks / "rank0.pid").read_text() == str(failed):   # the fresh one is starting
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        fresh = int((marks / "rank0.pid").read_text())
+        assert engine.is_restarting and not engine.is_failed
+        await engine.shutdown()
+        with pytest.raises(ActorClosedError):
+            await anext(stream)
+    assert gone(failed) and gone(fresh) and list(private_tmp.iterdir()) == []
