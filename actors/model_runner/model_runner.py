@@ -28,7 +28,11 @@ from actorexec.actors.model.layers.attention import AttentionMetadata
 from actorexec.actors.model.llama import IntermediateTensors, LlamaForCausalLM
 from actorexec.actors.model.loader import load_model, resolve_dtype
 from actorexec.actors.model.parallel import ParallelContext
-from actorexec.actors.model_runner.cuda_graphs import DecodeGraphs, default_buckets
+from actorexec.actors.model_runner.cuda_graphs import (
+    DecodeGraphs,
+    capture_progress,
+    default_buckets,
+)
 from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
 from actorexec.actors.model_runner.phase_clock import PhaseClock
@@ -171,8 +175,14 @@ class ModelRunner:
         sizes = sizes or [b for b in default_buckets(self.max_num_reqs)
                           if b <= self.max_num_tokens]
         graphs = DecodeGraphs(self._graph_forward, self.device)
-        with torch.inference_mode():
-            graphs.capture(sizes, self.buffers.pad_only, self.compute_stream)
+        bar = capture_progress(len(sizes))
+        try:
+            with torch.inference_mode():
+                graphs.capture(sizes, self.buffers.pad_only, self.compute_stream,
+                               progress=None if bar is None else lambda i, n: bar.update(1))
+        finally:
+            if bar is not None:
+                bar.close()
         self.graphs = graphs
 
     def _graph_forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
