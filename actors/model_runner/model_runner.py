@@ -79,7 +79,9 @@ class ModelRunner:
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.kv_cache_config: KVCacheConfig | None = None
         self.requests: dict[str, CachedRequestState] = {}
-        self.rows = RequestRows(self.max_num_reqs, self.max_model_len,
+        # Live requests may exceed one step's max_num_seqs while several steps are in flight
+        # (one per pipeline stage, plus one with async scheduling): rows for all of them.
+        self.rows = RequestRows(self.max_num_reqs * (parallel.pp_size + 1), self.max_model_len,
                                 -(-self.max_model_len // self.block_size), device)
         self.buffers = InputBuffers(self.max_num_tokens, self.max_num_reqs, self.rows,
                                     self.block_size, device)
@@ -218,7 +220,7 @@ class ModelRunner:
         if len(self.requests) - len(gone) + added > rows.max_reqs:
             raise InvalidRequestError(
                 f"step would leave {len(self.requests) - len(gone) + added} live requests; the "
-                f"runner holds at most max_num_seqs={rows.max_reqs}")
+                f"runner holds at most {rows.max_reqs} (max_num_seqs x (pipeline stages + 1))")
         before = {rec.req_id: (self.requests[rec.req_id].num_tokens,
                                len(self.requests[rec.req_id].block_ids))
                   for rec in plan.requests if not rec.is_new}
