@@ -236,8 +236,9 @@ class Mailbox:
     def _fail_unanswered(self, error: BaseException) -> None:
         """Every call started or queued but not answered gets ``error`` (best effort)."""
         unanswered = [(s.call, s.sink) for s in self._outbox]
-        for started in self._outbox:
-            started.result.add_done_callback(_retrieve)  # work still running on the thread
+        for started in self._outbox:  # owned here: an async handler's task is cancelled
+            started.result.add_done_callback(_retrieve)
+            started.result.cancel()  # (work already running on the thread runs to its end)
         self._outbox.clear()
         while not self._inbox.empty():
             call, _, sink = self._inbox.get_nowait()
