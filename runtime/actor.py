@@ -142,7 +142,9 @@ class Actor:
         stuck then, and clean-up that waits for it would hang."""
 
     def request_stop(self) -> None:
-        """Ask the host to stop after the current call's reply has been sent."""
+        """Ask the host to stop after the current call's reply has been sent; later calls
+        are refused. Call it from a loop method (as ``shutdown`` does): the mailbox checks
+        it after each call it takes."""
         self._stop_requested = True
 
     @property
