@@ -1,9 +1,10 @@
 """Round trip of ``collective_rpc`` to mp workers vs. a raw pyzmq DEALER/ROUTER echo.
 
-Measures median and p99 of: a no-op (``check_health``) and a 256-request decode
-``SchedulerOutput`` (``execute_model`` on a test worker that returns a small
-ModelRunnerOutput without a model), to 1 and 2 workers, on the default loop and
-on uvloop. The baseline echoes the same encoded bytes through one raw pyzmq
+Measures median and p99 of: a no-op (``check_health``, answered from each
+worker's loop) and a 256-request decode ``SchedulerOutput`` (``execute_model``
+on a test worker that returns a small ModelRunnerOutput without a model; every
+rank answers, the output rank with the output), to 1 and 2 workers, on the
+default loop and on uvloop. The baseline echoes the same encoded bytes through one raw pyzmq
 DEALER/ROUTER pair (thread peer) in the same run.
 Usage: python benchmarks/rpc_roundtrip.py [--iters 2000] [--out PATH]
 """

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from actorexec.actors.executor import Executor
-from actorexec.actors.model.hf_config import read_hf_config
+from actorexec.actors.model.hf_config import read_hf_config, resolve_max_model_len
 from actorexec.protocol import (
     ActorClosedError,
     Config,
@@ -86,7 +86,7 @@ class AsyncEngine:
         self.kv_cache_config = kv_cache_config
         self.tokenizer = tokenizer
         self.vocab_size = hf.vocab_size
-        self.max_model_len = config.model.max_model_len or hf.max_position_embeddings
+        self.max_model_len = resolve_max_model_len(hf, config.model.max_model_len)
         eos = set(hf.eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
