@@ -114,6 +114,10 @@ def gone(pid: int) -> bool:
         return True
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 async def kill_mid_stream(streams: Streams, rank: int) -> float:
     """SIGKILLs ``rank``; returns the seconds from the kill to the first token after the
     recovery, having checked that the failed executor left no process or file."""
@@ -147,11 +151,13 @@ async def test_tp2_streams_survive_a_rank_killed_twice_in_a_row_with_every_token
     async with await AsyncEngine.create(engine_config(tiny_llama, tp=2)) as engine:
         streams = Streams(engine, PROMPTS)
         await streams.wait_for(lambda: min(map(len, streams.tokens)) >= 5)
+        fds = open_fds()
         first = await kill_mid_stream(streams, rank=1)
         # Again at once: the fresh executor dies before most requests got a token back.
         second = await kill_mid_stream(streams, rank=0)
         assert await streams.results() == undisturbed[:NUM_STREAMS]
         assert len(engine.restarts) == 2 and not engine.is_failed
+        assert open_fds() == fds          # the failed executors' sockets and pipes are closed
         pids = [ref.pid for ref in engine.executor.refs]
     print(f"\nTP=2, 16 streams: kill -> first token after recovery {first:.2f} s, then "
           f"{second:.2f} s (recovered in {engine.restarts[0].recovered_s:.2f} s, "
