@@ -101,5 +101,13 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str | N
         group = dist.new_group([stage * tp + t for stage in range(pp)])
         if t == rank % tp:
             pp_group = group
+    token_group = None
+    if pp > 1:  # sampled ids, last stage -> first stage (token_feedback.py): a group of its own
+        for t in range(tp):
+            ends = [t, (pp - 1) * tp + t]
+            group = dist.new_group(ends)
+            if rank in ends:
+                token_group = group
     return ParallelContext(tp_rank=rank % tp, tp_size=tp, pp_rank=rank // tp, pp_size=pp,
-                           layer_range=layer_range, tp_group=tp_group, pp_group=pp_group)
+                           layer_range=layer_range, tp_group=tp_group, pp_group=pp_group,
+                           token_group=token_group)

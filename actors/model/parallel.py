@@ -28,6 +28,9 @@ class ParallelContext:
     layer_range: tuple[int, int] = (0, 0)
     tp_group: Any = None  # torch ProcessGroup | None
     pp_group: Any = None
+    # PP > 1: this TP index's first- and last-stage ranks, nobody else; sampled token ids
+    # travel back to the first stage over it (async scheduling). None on middle stages.
+    token_group: Any = None
 
     @property
     def rank(self) -> int:
@@ -59,6 +62,21 @@ class ParallelContext:
     def next_rank(self) -> int | None:
         """Global rank of the same TP rank in the next stage (None on the last stage)."""
         return None if self.is_last_stage else self.rank + self.tp_size
+
+    @property
+    def output_rank(self) -> int:
+        """Global rank of the output rank (last stage, TP rank 0)."""
+        return (self.pp_size - 1) * self.tp_size
+
+    @property
+    def first_stage_peer(self) -> int:
+        """Global rank of this TP index in the first stage."""
+        return self.tp_rank
+
+    @property
+    def last_stage_peer(self) -> int:
+        """Global rank of this TP index in the last stage."""
+        return (self.pp_size - 1) * self.tp_size + self.tp_rank
 
     @classmethod
     def single(cls, num_layers: int) -> ParallelContext:

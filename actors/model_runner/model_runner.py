@@ -43,6 +43,7 @@ from actorexec.actors.model_runner.step_reader import (
     apply_step,
     read_step,
 )
+from actorexec.actors.model_runner.token_feedback import TokenFeedback
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError, InvalidRequestError
 from actorexec.protocol.kv_cache import KVCacheConfig, KVCacheSpec
@@ -88,6 +89,9 @@ class ModelRunner:
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         self.d2h_stream = torch.cuda.Stream(device) if cuda else None
         self.graphs: DecodeGraphs | None = None
+        # Async scheduling: sampled tokens reach the next step's inputs on the device.
+        self.feedback = TokenFeedback(parallel, self.rows, device, self.copy_stream,
+                                      enabled=config.scheduler.async_scheduling)
         self.phase_clock = PhaseClock(enabled=os.environ.get("ACTOREXEC_PHASE_TIMES") == "1")
 
     @property
@@ -197,7 +201,8 @@ class ModelRunner:
         return RunnerLimits(vocab_size=self.hf_config.vocab_size,
                             num_blocks=self.kv_cache_config.num_blocks,
                             block_size=self.block_size, max_model_len=self.max_model_len,
-                            max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens)
+                            max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens,
+                            accepts_device_tokens=self.feedback.enabled)
 
     def _apply_diff(self, plan: StepPlan) -> None:
         """Host records (``apply_step``) and queued device-row writes (flushed before the
@@ -261,6 +266,7 @@ class ModelRunner:
             decode = sum(counts) == len(order)
             bucket = (self.graphs.bucket_for(len(order))
                       if decode and self.graphs is not None else None)
+            self.feedback.take_in(plan)  # earlier steps' sampled ids this step reads (PP)
             inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
                                           [s.num_tokens for s in states], self.copy_stream,
                                           pad_to=bucket)
@@ -272,13 +278,16 @@ class ModelRunner:
                 logits, greedy = logits[: len(order)], greedy[: len(order)]  # [R, V], [R]
             else:
                 hidden = self._forward(inputs)
-                if hidden is None:
+                if hidden is None:  # not the last stage
+                    self.feedback.expect(so.step_id, inputs)
                     return None
                 logits = self._model().compute_logits(hidden[inputs.logits_indices])  # [R, V]
             clock.mark("forward_launch")
             if not self.parallel.is_output_rank:
+                self.feedback.sampled(inputs, None)
                 return None
-            pending = self._sample(so.step_id, inputs, logits, greedy)
+            pending, sampled = self._sample(so.step_id, inputs, logits, greedy)
+            self.feedback.sampled(inputs, sampled)
             clock.mark("sample_launch")
             return pending
 
@@ -295,25 +304,30 @@ class ModelRunner:
         return out
 
     def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor,
-                greedy: torch.Tensor | None = None) -> PendingOutput:
+                greedy: torch.Tensor | None = None
+                ) -> tuple[PendingOutput, torch.Tensor | None]:
         """Samples every row on the device (no host sync); ids (and logprobs) go to pinned
-        host memory on the side stream. Rows still mid-prefill are sampled but not reported."""
+        host memory on the side stream. Rows still mid-prefill are sampled but not reported.
+        Also returns the sampled ids [R] (a tensor no later step overwrites), or None when
+        no row samples."""
         rows = [i for i, s in enumerate(inputs.samples) if s]
         if not rows:
             return PendingOutput.ready(ModelRunnerOutput(
                 step_id=step_id, req_ids=inputs.req_ids,
-                sampled_token_ids=[[] for _ in inputs.req_ids]))
+                sampled_token_ids=[[] for _ in inputs.req_ids])), None
         states = [self.requests[r] for r in inputs.req_ids]
         tensors = gather_sampling_tensors(self.rows, inputs, states, self.hf_config,
                                           self.copy_stream)
         if tensors is None:  # all greedy, nothing else asked: the argmax (in the graph if any)
-            tokens = greedy if greedy is not None else logits.argmax(-1)
+            # The graph's argmax is a static buffer the next replay overwrites: copy it
+            # before the device->host copy and the token feedback read it.
+            tokens = greedy.clone() if greedy is not None else logits.argmax(-1)
             host, event = copy_to_host([tokens], self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
+            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event), tokens
         out = self.sampler.sample(logits, tensors)
         if out.logprobs is None:
             host, event = copy_to_host([out.sampled], self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
+            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event), out.sampled
         assert out.logprob_token_ids is not None and out.sampled_ranks is not None
         host, event = copy_to_host([out.sampled, out.logprob_token_ids, out.logprobs,
                                     out.sampled_ranks], self.d2h_stream)
@@ -323,7 +337,8 @@ class ModelRunner:
             lists = SamplerOutput(*host).to_lists(wanted)[1]
             return {inputs.req_ids[i]: lists[i] for i in rows if lists[i] is not None}
 
-        return PendingOutput(step_id, inputs.req_ids, rows, host[0], event, logprobs)
+        return (PendingOutput(step_id, inputs.req_ids, rows, host[0], event, logprobs),
+                out.sampled)
 
     @torch.inference_mode()
     def _run_dummy(self, num_tokens: int) -> None:
@@ -360,6 +375,7 @@ class ModelRunner:
         for attn in self._model().attention_layers().values():
             attn.kv_cache = None
         self.kv_caches = {}
+        self.feedback.drain()  # ids still travelling land before the rows are cleared
         self.requests.clear()  # their KV contents are gone
         self.rows.clear()
         if level >= 2:
