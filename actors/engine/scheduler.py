@@ -78,6 +78,7 @@ class Scheduler:
         self._sampling: dict[int, list[Request]] = {}  # step id -> requests it samples for
         self._arrivals = 0
         self.num_preemptions = 0
+        self.num_device_tokens = 0              # tokens steps took in from the device (async)
 
     # ----------------------------------------------------------------- requests
     def add_request(self, req_id: str, prompt_token_ids: list[int],
@@ -255,6 +256,7 @@ class Scheduler:
                                new_token_ids=req.output_token_ids[sent - prompt:known - prompt],
                                new_block_ids=req.block_ids[req.num_sent_blocks:],
                                num_device_tokens=total - max(sent, known))
+                self.num_device_tokens += total - max(sent, known)
             req.num_sent_tokens = total
             req.num_sent_blocks = len(req.block_ids)
             req.num_computed_tokens += scheduled[req.req_id]

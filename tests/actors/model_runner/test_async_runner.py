@@ -141,7 +141,7 @@ def test_a_device_token_is_refused_when_no_sample_is_waiting_for_it(checkpoints)
 
 def test_runners_with_async_scheduling_off_refuse_device_tokens(checkpoints):
     runner = make_runner(checkpoints["llama"])
-    sched, prefill, out, step = _decoding_step(runner)
+    _, prefill, _, step = _decoding_step(runner)
     sync = make_runner(checkpoints["llama"], async_scheduling=False)
     sync.execute_model(prefill)
     with pytest.raises(InvalidRequestError, match="needs async scheduling"):
