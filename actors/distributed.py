@@ -101,8 +101,16 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str | N
         group = dist.new_group([stage * tp + t for stage in range(pp)])
         if t == rank % tp:
             pp_group = group
+    # Two-rank groups, each its own communicator (and NCCL stream): activations between
+    # neighbouring stages, and sampled ids from the last stage back to the first
+    # (token_feedback.py), so neither kind of message queues behind the other.
+    links: dict[tuple[int, int], object] = {}
+    for stage in range(pp - 1):
+        for t in range(tp):
+            pair = (stage * tp + t, (stage + 1) * tp + t)
+            links[pair] = dist.new_group(list(pair))
     token_group = None
-    if pp > 1:  # sampled ids, last stage -> first stage (token_feedback.py): a group of its own
+    if pp > 1:
         for t in range(tp):
             ends = [t, (pp - 1) * tp + t]
             group = dist.new_group(ends)
@@ -110,4 +118,6 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str | N
                 token_group = group
     return ParallelContext(tp_rank=rank % tp, tp_size=tp, pp_rank=rank // tp, pp_size=pp,
                            layer_range=layer_range, tp_group=tp_group, pp_group=pp_group,
+                           prev_link_group=links.get((rank - tp, rank)),
+                           next_link_group=links.get((rank, rank + tp)),
                            token_group=token_group)

@@ -28,6 +28,10 @@ class ParallelContext:
     layer_range: tuple[int, int] = (0, 0)
     tp_group: Any = None  # torch ProcessGroup | None
     pp_group: Any = None
+    # Two-rank groups with the same TP rank of the previous / next stage: activations
+    # travel over them (batched P2P needs every rank of its group to take part at first).
+    prev_link_group: Any = None
+    next_link_group: Any = None
     # PP > 1: this TP index's first- and last-stage ranks, nobody else; sampled token ids
     # travel back to the first stage over it (async scheduling). None on middle stages.
     token_group: Any = None
