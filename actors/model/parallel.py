@@ -35,6 +35,9 @@ class ParallelContext:
     # PP > 1: this TP index's first- and last-stage ranks, nobody else; sampled token ids
     # travel back to the first stage over it (async scheduling). None on middle stages.
     token_group: Any = None
+    # Optional faster TP all-reduce for small messages (symm_all_reduce.py): a callable
+    # that sums a tensor in place and returns True, or False to leave it to NCCL.
+    small_all_reduce: Any = None
 
     @property
     def rank(self) -> int:
@@ -89,7 +92,8 @@ class ParallelContext:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the TP group, in place; a no-op at TP size 1."""
-        if self.tp_size > 1:
+        if self.tp_size > 1 and not (self.small_all_reduce is not None
+                                     and self.small_all_reduce(x)):
             dist.all_reduce(x, group=self.tp_group)
         return x
 

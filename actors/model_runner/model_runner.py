@@ -36,6 +36,8 @@ from actorexec.actors.model_runner.pipeline import StageLink
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.sampler import Sampler, SamplerOutput
 from actorexec.actors.model_runner.sampling_inputs import gather_sampling_tensors
+from actorexec.actors.model_runner.stage_forward import StageForward
+from actorexec.actors.model_runner.step_events import StepEvents
 from actorexec.actors.model_runner.step_output import PendingOutput, copy_to_host
 from actorexec.actors.model_runner.step_reader import (
     RunnerLimits,
@@ -88,17 +90,23 @@ class ModelRunner:
         self.compute_stream = torch.cuda.Stream(device) if cuda else None
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         self.d2h_stream = torch.cuda.Stream(device) if cuda else None
-        self.graphs: DecodeGraphs | None = None
+        self.stage = StageForward(self._model, parallel, self.buffers, self.link,
+                                  self.max_model_len)
         # Async scheduling: sampled tokens reach the next step's inputs on the device.
         self.feedback = TokenFeedback(parallel, self.rows, device, self.copy_stream,
                                       enabled=config.scheduler.async_scheduling)
         self.phase_clock = PhaseClock(enabled=os.environ.get("ACTOREXEC_PHASE_TIMES") == "1")
+        self.step_events = StepEvents(device)  # GPU idle between steps (benchmarks; opt-in)
 
     @property
     def use_cuda_graphs(self) -> bool:
-        """Decode graphs: CUDA, not enforce_eager, one rank (TP/PP graphs: not yet)."""
-        return (self.device.type == "cuda" and not self.config.model.enforce_eager
-                and self.parallel.world_size == 1)
+        """Decode graphs: on CUDA unless enforce_eager, in every TP/PP layout
+        (stage_forward.py says how collectives and P2P fit around them)."""
+        return self.device.type == "cuda" and not self.config.model.enforce_eager
+
+    @property
+    def graphs(self) -> DecodeGraphs | None:
+        return self.stage.graphs
 
     @contextlib.contextmanager
     def _on_compute_stream(self) -> Iterator[None]:
@@ -174,25 +182,7 @@ class ModelRunner:
         assert self.compute_stream is not None
         sizes = sizes or [b for b in default_buckets(self.max_num_reqs)
                           if b <= self.max_num_tokens]
-        graphs = DecodeGraphs(self._graph_forward, self.device)
-        with torch.inference_mode():
-            graphs.capture(sizes, self.buffers.pad_only, self.compute_stream)
-        self.graphs = graphs
-
-    def _graph_forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The captured body: decode over the first ``size`` static rows -> (logits [size, V],
-        their argmax [size]): greedy steps then need no kernel of their own after the replay."""
-        b = self.buffers
-        meta = AttentionMetadata(
-            slot_mapping=b.slot_mapping[:size], block_table=b.block_table[:size],
-            seq_lens=b.seq_lens[:size], query_lens=b.query_lens[:size],
-            token_req=b.token_req[:size], token_q=b.token_q[:size], max_query_len=1,
-            max_seq_len=self.max_model_len, query_start_loc=b.query_start_loc[: size + 1],
-            is_decode=True)
-        hidden = self._model()(b.input_ids[:size], b.positions[:size], meta)
-        assert isinstance(hidden, torch.Tensor)
-        logits = self._model().compute_logits(hidden)
-        return logits, logits.argmax(-1)
+        self.stage.capture(sizes, self.compute_stream)
 
     # ---- steps --------------------------------------------------------------------------
     def _limits(self) -> RunnerLimits:
@@ -252,56 +242,47 @@ class ModelRunner:
         plan = read_step(so, self.requests, self._limits())  # raises before any change
         clock.mark("read_step")
         with self._on_compute_stream():
-            self._apply_diff(plan)
-            # Sampling columns of new requests now; token/block writes go with the inputs.
-            self.rows.flush(self.copy_stream, writes=False)
-            clock.mark("apply_flush")
-            order = plan.req_ids
-            if not order:
-                self.rows.flush(self.copy_stream)
-                return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
-                        if self.parallel.is_output_rank else None)
-            states = [self.requests[r] for r in order]
-            counts = [rec.num_scheduled_tokens for rec in plan.requests]
-            decode = sum(counts) == len(order)
-            bucket = (self.graphs.bucket_for(len(order))
-                      if decode and self.graphs is not None else None)
-            self.feedback.take_in(plan)  # earlier steps' sampled ids this step reads (PP)
-            inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
-                                          [s.num_tokens for s in states], self.copy_stream,
-                                          pad_to=bucket)
-            clock.mark("prepare")
-            greedy = None
-            if bucket is not None:
-                assert self.graphs is not None
-                logits, greedy = self.graphs.replay(bucket)
-                logits, greedy = logits[: len(order)], greedy[: len(order)]  # [R, V], [R]
-            else:
-                hidden = self._forward(inputs)
-                if hidden is None:  # not the last stage
-                    self.feedback.expect(so.step_id, inputs)
-                    return None
-                logits = self._model().compute_logits(hidden[inputs.logits_indices])  # [R, V]
-            clock.mark("forward_launch")
-            if not self.parallel.is_output_rank:
-                self.feedback.sampled(inputs, None)
-                return None
-            pending, sampled = self._sample(so.step_id, inputs, logits, greedy)
-            self.feedback.sampled(inputs, sampled)
-            clock.mark("sample_launch")
-            return pending
+            self.step_events.start()
+            try:
+                return self._queue_step(so, plan)
+            finally:
+                self.step_events.end()
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
-        """This stage's layers, eagerly; PP intermediates go point-to-point. None off the
-        last stage."""
-        p, model = self.parallel, self._model()
-        intermediate = None if p.is_first_stage else self.link.recv(inputs.num_tokens)
-        out = model(inputs.input_ids if p.is_first_stage else None, inputs.positions,
-                    inputs.meta, intermediate)
-        if isinstance(out, IntermediateTensors):
-            self.link.send(out)
+    def _queue_step(self, so: SchedulerOutput, plan: StepPlan) -> PendingOutput | None:
+        """The body of ``execute_model_async``, on the compute stream, once ``plan`` is valid."""
+        clock = self.phase_clock
+        # Earlier steps' sampled ids that this step reads, or whose rows it frees (PP),
+        # land before any of its own writes.
+        self.feedback.take_in(plan)
+        self._apply_diff(plan)
+        # Sampling columns of new requests now; token/block writes go with the inputs.
+        self.rows.flush(self.copy_stream, writes=False)
+        clock.mark("apply_flush")
+        order = plan.req_ids
+        if not order:
+            self.rows.flush(self.copy_stream)
+            return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
+                    if self.parallel.is_output_rank else None)
+        states = [self.requests[r] for r in order]
+        counts = [rec.num_scheduled_tokens for rec in plan.requests]
+        bucket = self.stage.bucket_for(len(order), sum(counts) == len(order))
+        inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
+                                      [s.num_tokens for s in states], self.copy_stream,
+                                      pad_to=bucket)
+        clock.mark("prepare")
+        out = self.stage.run(inputs, bucket)
+        clock.mark("forward_launch")
+        if out is None:  # not the last stage: its activations are on their way
+            self.feedback.expect(so.step_id, inputs)
             return None
-        return out
+        logits, greedy = out
+        if not self.parallel.is_output_rank:
+            self.feedback.sampled(inputs, None)
+            return None
+        pending, sampled = self._sample(so.step_id, inputs, logits, greedy)
+        self.feedback.sampled(inputs, sampled)
+        clock.mark("sample_launch")
+        return pending
 
     def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor,
                 greedy: torch.Tensor | None = None
@@ -369,9 +350,8 @@ class ModelRunner:
     def sleep(self, level: int) -> None:
         """Level 1: drop the KV cache (contents lost; weights to CPU on CUDA).
         Level 2: drop the weights too; ``wake_up`` reloads them from the checkpoint."""
-        if self.graphs is not None:  # they point at the dropped cache and weights
-            self.graphs.clear()
-            self.graphs = None
+        self.stage.clear()  # the graphs point at the dropped cache and weights
+        self.link.drain()
         for attn in self._model().attention_layers().values():
             attn.kv_cache = None
         self.kv_caches = {}
