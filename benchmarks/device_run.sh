@@ -32,7 +32,8 @@ for part in $parts; do
         (cd benchmarks && timeout 600 python3 attention_kernels.py \
             --out "$OUT/attention_kernels.json") 2>&1 | tee "$OUT/attention_kernels.log" ;;
     parallel)
-        (cd benchmarks && python3 parallel_throughput.py --out "$OUT/parallel_throughput.json") \
+        (cd benchmarks && timeout 570 python3 parallel_throughput.py \
+            --out "$OUT/parallel_throughput.json" ${PARALLEL_ARGS:-}) \
             2>&1 | tee "$OUT/parallel_throughput.log" ;;
     profile)
         (cd benchmarks && python3 profile_step.py --out "$OUT/profile_step.json") 2>&1 \
