@@ -79,6 +79,7 @@ class Scheduler:
         self._arrivals = 0
         self.num_preemptions = 0
         self.num_device_tokens = 0              # tokens steps took in from the device (async)
+        self.num_discarded_tokens = 0           # sampled after their request finished
 
     # ----------------------------------------------------------------- requests
     def add_request(self, req_id: str, prompt_token_ids: list[int],
@@ -290,7 +291,8 @@ class Scheduler:
             if req is None:
                 continue
             req.num_in_flight -= 1
-            if req.is_finished:
+            if req.is_finished:   # aborted, or stopped while this step ran (the overshoot)
+                self.num_discarded_tokens += len(sampled.get(req_id, ()))
                 if not req.in_flight:
                     self.requests.pop(req_id, None)
                 continue

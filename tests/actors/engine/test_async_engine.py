@@ -54,7 +54,7 @@ async def run_jobs(model, tp: int, pp: int, async_scheduling: bool
                    ) -> tuple[list[list[int]], AsyncEngine]:
     async with await AsyncEngine.create(config(model, tp, pp, async_scheduling)) as engine:
         async def one(ids, params) -> list[int]:
-            outs = [out async for out in engine.generate(ids, params)]
+            outs = await asyncio.wait_for(collect(engine, ids, params), 60)
             assert outs[-1].finished
             return outs[-1].token_ids
         tokens = await asyncio.gather(*(one(ids, p) for ids, p in JOBS))
@@ -77,3 +77,34 @@ async def test_async_scheduling_on_and_off_give_the_same_greedy_tokens(tiny_llam
     assert async_engine.executor.max_concurrent_batches == pp + 1
     assert sync_engine.executor.max_concurrent_batches == pp
     assert async_engine.peak_in_flight == pp + 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_stop_token_ends_the_stream_there_though_the_next_step_was_in_flight(tiny_llama):
+    """The step after the stop was already running (async): its token, the overshoot, is
+    never published, and the request's blocks come back."""
+    ids = prompt(3, 9)
+    free_run, _ = await one_request(tiny_llama, ids, greedy(12), async_scheduling=False)
+    stop = next(t for i, t in enumerate(free_run) if i >= 3 and t not in free_run[:i])
+    at = free_run.index(stop)
+    params = SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=(stop,))
+    for async_scheduling in (False, True):
+        outs, engine = await one_request(tiny_llama, ids, params, async_scheduling)
+        assert outs == free_run[:at + 1], async_scheduling
+        assert engine.peak_in_flight == (2 if async_scheduling else 1)
+        assert engine.scheduler.num_discarded_tokens == (1 if async_scheduling else 0)
+
+
+async def collect(engine: AsyncEngine, ids: list[int], params: SamplingParams) -> list:
+    return [out async for out in engine.generate(ids, params)]
+
+
+async def one_request(model, ids: list[int], params: SamplingParams, async_scheduling: bool
+                      ) -> tuple[list[int], AsyncEngine]:
+    async with await AsyncEngine.create(config(model, 1, 1, async_scheduling)) as engine:
+        outs = await asyncio.wait_for(collect(engine, ids, params), 60)
+        assert sum(len(o.new_token_ids) for o in outs) == len(outs[-1].token_ids)
+        assert outs[-1].finished and engine.num_free_blocks == engine.kv_cache_config.num_blocks
+        while engine.scheduler.requests or engine._in_flight:  # the overshoot step returns,
+            await asyncio.sleep(0.01)                         # and nothing is left after it
+    return outs[-1].token_ids, engine

@@ -135,6 +135,7 @@ def test_a_stop_token_discards_the_one_overshoot_token_and_the_runner_drops_the_
     assert updates == [(req, [first])] and req.finish_reason is FinishReason.STOP
     assert sched.pool.num_free == sched.pool.num_blocks     # blocks freed at the stop
     assert sched.update_from_output(s1, out1) == []          # the overshoot is discarded
+    assert sched.num_discarded_tokens == 1
     assert req.output_token_ids == [first] and "a" not in sched.requests
     sched.add_request("b", [4, 4], greedy(1))
     assert sched.schedule().finished_req_ids == ["a"]        # the runners drop it
