@@ -20,7 +20,9 @@ import struct
 import torch
 import torch.distributed as dist
 
+from actorexec.actors.model import symm_all_reduce
 from actorexec.actors.model.hf_config import read_hf_config, resolve_max_model_len
+from actorexec.actors.model.loader import resolve_dtype
 from actorexec.actors.model.parallel import ParallelContext, split_layers
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError
@@ -103,5 +105,28 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str | N
         group = dist.new_group([stage * tp + t for stage in range(pp)])
         if t == rank % tp:
             pp_group = group
+    # Two-rank groups, each its own communicator (and NCCL stream): activations between
+    # neighbouring stages, and sampled ids from the last stage back to the first
+    # (token_feedback.py), so neither kind of message queues behind the other.
+    links: dict[tuple[int, int], object] = {}
+    for stage in range(pp - 1):
+        for t in range(tp):
+            pair = (stage * tp + t, (stage + 1) * tp + t)
+            links[pair] = dist.new_group(list(pair))
+    token_group = None
+    if pp > 1:
+        for t in range(tp):
+            ends = [t, (pp - 1) * tp + t]
+            group = dist.new_group(ends)
+            if rank in ends:
+                token_group = group
+    small_all_reduce = None
+    if tp > 1 and device.type == "cuda" and symm_all_reduce.wanted():
+        small_all_reduce = symm_all_reduce.SymmMemAllReduce(
+            tp_group, resolve_dtype(config.model.dtype, read_hf_config(config.model.model),
+                                    device), device)
     return ParallelContext(tp_rank=rank % tp, tp_size=tp, pp_rank=rank // tp, pp_size=pp,
-                           layer_range=layer_range, tp_group=tp_group, pp_group=pp_group)
+                           layer_range=layer_range, tp_group=tp_group, pp_group=pp_group,
+                           prev_link_group=links.get((rank - tp, rank)),
+                           next_link_group=links.get((rank, rank + tp)),
+                           token_group=token_group, small_all_reduce=small_all_reduce)

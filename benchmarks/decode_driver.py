@@ -34,7 +34,7 @@ class RequestGroup:
     vocab_size: int
     tokens: dict[str, list[int]] = field(default_factory=dict)
     blocks: dict[str, list[int]] = field(default_factory=dict)
-    computed: dict[str, int] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=dict)  # positions scheduled so far
     pending: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,22 +53,42 @@ class RequestGroup:
         return sum(len(b) for b in self.blocks.values())
 
     def prefill(self) -> SchedulerOutput:
-        so = SchedulerOutput(step_id=next(_step_ids))
+        return self.prefill_steps(1 << 62)[0]
+
+    def prefill_steps(self, budget: int) -> list[SchedulerOutput]:
+        """Whole prompts, as many per step as ``budget`` tokens hold (one at least)."""
+        steps: list[SchedulerOutput] = []
+        so, used = SchedulerOutput(step_id=next(_step_ids)), 0
         for rid, toks in self.tokens.items():
+            if used and used + len(toks) > budget:
+                steps.append(so)
+                so, used = SchedulerOutput(step_id=next(_step_ids)), 0
             so.add_new(NewRequestData(req_id=rid, prompt_token_ids=list(toks),
                                       sampling_params=GREEDY, block_ids=self.blocks[rid]),
                        len(toks))
+            used += len(toks)
             self.computed[rid] = len(toks)
-        return so
+        return [*steps, so]
 
-    def decode(self) -> SchedulerOutput:
-        """One decode step: each request runs the token it sampled last step."""
+    def decode(self, on_device: bool = False) -> SchedulerOutput:
+        """One decode step: each request runs the token its previous step sampled. With
+        ``on_device`` (async scheduling) that token is taken from the runners' device rows,
+        so the step may be sent before the previous one's output arrived."""
         so = SchedulerOutput(step_id=next(_step_ids))
         for rid in self.tokens:
-            so.add_cached(rid, num_computed_tokens=self.computed[rid] - 1,
-                          num_scheduled_tokens=1, new_token_ids=self.pending[rid])
+            if on_device:
+                so.add_cached(rid, num_computed_tokens=self.computed[rid],
+                              num_scheduled_tokens=1, num_device_tokens=1)
+            else:
+                so.add_cached(rid, num_computed_tokens=self.computed[rid],
+                              num_scheduled_tokens=1, new_token_ids=self.pending[rid])
             self.pending[rid] = []
+            self.computed[rid] += 1
         return so
+
+    def finish(self) -> SchedulerOutput:
+        """A step that only drops the group's requests (the runners free their rows)."""
+        return SchedulerOutput(step_id=next(_step_ids), finished_req_ids=list(self.tokens))
 
     def absorb(self, out: ModelRunnerOutput) -> int:
         """Record sampled tokens; returns how many were sampled."""
@@ -76,6 +96,5 @@ class RequestGroup:
         for rid, toks in zip(out.req_ids, out.sampled_token_ids, strict=True):
             self.tokens[rid].extend(toks)
             self.pending[rid].extend(toks)
-            self.computed[rid] += len(toks)
             n += len(toks)
         return n

@@ -33,7 +33,8 @@ for part in $parts; do
         (cd benchmarks && timeout 600 python3 attention_kernels.py \
             --out "$OUT/attention_kernels.json") 2>&1 | tee "$OUT/attention_kernels.log" ;;
     parallel)
-        (cd benchmarks && python3 parallel_throughput.py --out "$OUT/parallel_throughput.json") \
+        (cd benchmarks && timeout 570 python3 parallel_throughput.py \
+            --out "$OUT/parallel_throughput.json" ${PARALLEL_ARGS:-}) \
             2>&1 | tee "$OUT/parallel_throughput.log" ;;
     rpc)
         (cd benchmarks && timeout 600 python3 rpc_roundtrip.py --out "$OUT/rpc_roundtrip.json") \

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime
 import gc
+import itertools
 import json
 import statistics
 import tempfile
@@ -50,7 +51,7 @@ async def run_batch(engine: AsyncEngine, batch: int, context: int, tokens: int,
     start = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(batch)))
     steady = [a[8:] for a in arrivals]
-    gaps = [b - a for times in steady for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for times in steady for a, b in itertools.pairwise(times)]
     first = min(t[0] for t in steady)
     last = max(t[-1] for t in steady)
     return {"itl_ms": statistics.median(gaps) * 1e3,

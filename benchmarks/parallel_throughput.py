@@ -1,11 +1,22 @@
-"""Pipeline- and tensor-parallel decode on real GPUs (or CPU ranks with gloo).
+"""Decode with TP and PP, async scheduling on and off, on real GPUs (or CPU ranks with gloo).
 
-Measures, in one run and with dummy weights of a Llama-architecture model:
-  * decode throughput with PP=2 at max_concurrent_batches 1 (one batch in
-    flight: stages take turns) vs 2 (two disjoint batches in flight: both
-    stages busy) -- the ratio is the pipelining gain;
-  * median decode step time of TP=2 vs TP=1.
-Prints a table and writes JSON. Run on the device: see benchmarks/README.md.
+One run, dummy weights of Llama-3.1-8B's shapes (32 layers, bf16), 128-token prompts,
+batches of 1, 32 and 64 requests per in-flight slot. For each layout one executor
+(async scheduling enabled in the runners), every configuration measured twice,
+interleaved:
+  * TP=1 (the single-GPU step) and TP=2: one batch; async off (a step is sent once
+    the previous one's output arrived, carrying its token) or on (the next step is
+    sent before, taking its token from the device: two steps in flight);
+  * PP=2: 1, 2 or 3 disjoint batches ("groups"), async off (at most pp = 2 steps in
+    flight) or on (at most pp + 1 = 3);
+  * TP=2 with the symmetric-memory all-reduce (ACTOREXEC_TP_ALL_REDUCE=symm_mem).
+Reported per configuration: decode tokens/s, the median time between a batch's
+consecutive outputs (its step time as a user sees it), and each rank's GPU idle
+share between decode steps (CUDA events around each step on the compute stream,
+``ACTOREXEC_STEP_EVENTS``). Baselines in the same run: raw 2-rank NCCL and
+symmetric-memory all-reduce and batched send/recv of one step's activations
+(``collective_baseline.py``). Prints a table, writes JSON. Run on the device:
+``bash benchmarks/device_run.sh parallel`` (nvidia-h200-x2, ~8 minutes).
 """
 
 from __future__ import annotations
@@ -13,15 +24,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import collective_baseline
 from decode_driver import RequestGroup
 
 from actorexec.actors.executor import Executor
+from actorexec.actors.model_runner.step_events import idle_share
 from actorexec.protocol import (
     CacheConfig,
     Config,
@@ -31,12 +48,31 @@ from actorexec.protocol import (
     SchedulerConfig,
 )
 
-# Llama-3-8B shapes with fewer layers: a bf16 decode step is milliseconds on an H200.
-MODEL = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32000,
+MODEL = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256,
              hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-             num_key_value_heads=8, max_position_embeddings=4096, rms_norm_eps=1e-5,
+             num_key_value_heads=8, max_position_embeddings=8192, rms_norm_eps=1e-5,
              rope_theta=500000.0, tie_word_embeddings=False, torch_dtype="bfloat16",
-             bos_token_id=1, eos_token_id=2, hidden_act="silu")
+             bos_token_id=128000, eos_token_id=128001, hidden_act="silu")
+BLOCK = 16
+PREFILL_BUDGET = 2048
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured configuration within a layout."""
+
+    groups: int          # disjoint batches
+    async_on: bool
+    batch: int           # requests per group
+
+    def in_flight(self, pp: int) -> int:
+        """Steps in flight at most: a group has 2 with async on; the engine's slot count."""
+        per_group = 2 if self.async_on else 1
+        return min(self.groups * per_group, pp + 1 if self.async_on else pp)
+
+    def name(self, layout: str, pp: int) -> str:
+        mode = "async" if self.async_on else "sync"
+        return f"{layout}_b{self.batch}_g{self.groups}_{mode}_inflight{self.in_flight(pp)}"
 
 
 def write_model(directory: Path, layers: int) -> str:
@@ -46,148 +82,222 @@ def write_model(directory: Path, layers: int) -> str:
 
 
 def make_config(model_dir: str, device: str, tp: int, pp: int, blocks: int,
-                max_tokens: int, trace_dir: str | None = None) -> Config:
-    return Config(profile_dir=trace_dir, model=ModelConfig(model=model_dir, load_format="dummy",
+                max_seqs: int) -> Config:
+    return Config(model=ModelConfig(model=model_dir, load_format="dummy",
                                     dtype="bfloat16" if device == "cuda" else "float32"),
-                  cache=CacheConfig(block_size=16, num_blocks_override=blocks,
+                  cache=CacheConfig(block_size=BLOCK, num_blocks_override=blocks,
                                     gpu_memory_utilization=0.85),
                   parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                                          distributed_executor_backend="mp"),
-                  scheduler=SchedulerConfig(max_num_batched_tokens=max_tokens, max_num_seqs=256),
+                                          distributed_executor_backend="mp",
+                                          allow_callable_rpc=True),
+                  scheduler=SchedulerConfig(max_num_batched_tokens=PREFILL_BUDGET,
+                                            max_num_seqs=max_seqs, async_scheduling=True),
                   device=DeviceConfig(device=device))
 
 
-async def run_groups(executor: Executor, groups: list[RequestGroup], steps: int,
-                     in_flight: int, prefill: bool = True) -> dict[str, float]:
-    """Prefill every group, then ``steps`` decode steps per group, ``in_flight`` at once.
+def take_step_events(worker: Any) -> list[tuple[float, float]]:
+    """Runs on a worker (callable RPC): its runner's step events since the last call."""
+    return worker.model_runner.step_events.take()
 
-    As an engine does: groups are split into ``in_flight`` chains; each chain
-    sends its next step as soon as its previous output returns, so the
-    pipeline never drains (a batch is never in two steps at once). Returns
-    decode tokens/s and the median latency of one step.
-    """
-    for g in groups if prefill else ():
-        g.absorb(await executor.execute_model(g.prefill()))
-    step_times: list[float] = []
+
+_names = iter(range(1 << 30))
+
+
+def make_groups(run: Run, prompt_len: int, steps: int, vocab: int) -> list[RequestGroup]:
+    groups, next_block = [], 0
+    for _ in range(run.groups):
+        g = RequestGroup(f"g{next(_names)}", run.batch, prompt_len, steps + 4, BLOCK,
+                         next_block, vocab)
+        next_block += g.num_blocks
+        groups.append(g)
+    return groups
+
+
+async def decode(executor: Executor, groups: list[RequestGroup], steps: int, async_on: bool,
+                 slots: int) -> dict[str, float]:
+    """``steps`` decode steps per group, each group a chain: its next step leaves when its
+    previous output arrived (sync) or as soon as a slot is free, taking its token on the
+    device (async: two of its steps in flight). At most ``slots`` steps in flight overall."""
+    free = asyncio.Semaphore(slots)
+    gaps: list[float] = []
     tokens = [0]
 
-    async def chain(chain_groups: list[RequestGroup]) -> None:
+    async def chain(g: RequestGroup) -> None:
+        pending: deque[asyncio.Future] = deque()
+        last = time.perf_counter()
+
+        async def collect() -> None:
+            nonlocal last
+            out = await pending.popleft()
+            # Not `tokens[0] += g.absorb(await ...)`: that reads tokens[0] before the
+            # await, so concurrent chains would lose each other's increments.
+            tokens[0] += g.absorb(out)
+            free.release()
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
         for _ in range(steps):
-            for g in chain_groups:
-                t0 = time.perf_counter()
-                out = await executor.execute_model(g.decode())
-                # Not `tokens[0] += g.absorb(await ...)`: that reads tokens[0] before the
-                # await, so concurrent chains would lose each other's increments.
-                tokens[0] += g.absorb(out)
-                step_times.append(time.perf_counter() - t0)
+            # Collect first when at this chain's depth, or when every slot is taken (each
+            # chain may hold a slot: waiting for one without collecting would deadlock).
+            if len(pending) >= (2 if async_on else 1) or (pending and free.locked()):
+                await collect()
+            await free.acquire()
+            pending.append(executor.execute_model(g.decode(on_device=async_on)))
+        while pending:
+            await collect()
 
     start = time.perf_counter()
-    await asyncio.gather(*(chain(groups[i::in_flight]) for i in range(in_flight)))
+    await asyncio.gather(*(chain(g) for g in groups))
     elapsed = time.perf_counter() - start
-    return {"tokens_per_s": tokens[0] / elapsed,
-            "median_step_ms": statistics.median(step_times) * 1e3,
+    return {"tokens_per_s": tokens[0] / elapsed, "median_step_ms": statistics.median(gaps) * 1e3,
             "elapsed_s": elapsed, "tokens": tokens[0]}
 
 
-async def measure(model_dir: str, device: str, tp: int, pp: int, in_flight: int, reqs: int,
-                  prompt_len: int, steps: int, trace_dir: str | None = None) -> dict[str, float]:
-    vocab = MODEL["vocab_size"]
-    groups: list[RequestGroup] = []
-    next_block = 0
-    for name, n, plen, new in (("g0", reqs, prompt_len, steps + 8), ("g1", reqs, prompt_len,
-                                                                      steps + 8),
-                               ("warm", 4, 16, 8)):
-        groups.append(RequestGroup(name, n, plen, new, 16, next_block, vocab))
-        next_block += groups[-1].num_blocks  # groups own disjoint blocks
-    warm = groups.pop()
-    # a whole group's prefill is one step
-    config = make_config(model_dir, device, tp, pp, next_block, max(2048, reqs * prompt_len),
-                         trace_dir)
+async def measure(executor: Executor, run: Run, pp: int, prompt_len: int, steps: int
+                  ) -> dict[str, Any]:
+    groups = make_groups(run, prompt_len, steps, MODEL["vocab_size"])
+    for g in groups:
+        for so in g.prefill_steps(PREFILL_BUDGET):
+            g.absorb(await executor.execute_model(so))
+    await decode(executor, groups, 2, run.async_on, run.in_flight(pp))  # settle, then measure
+    await executor.collective_rpc("parallel_throughput:take_step_events")
+    result = await decode(executor, groups, steps, run.async_on, run.in_flight(pp))
+    events = await executor.collective_rpc("parallel_throughput:take_step_events")
+    for g in groups:
+        await executor.execute_model(g.finish())
+    return {"groups": run.groups, "batch": run.batch, "async": run.async_on,
+            "in_flight": run.in_flight(pp), **result,
+            "gpu_idle_share": [idle_share(e) for e in events],
+            "gpu_step_ms": [statistics.mean(b - a for a, b in e) if e else 0.0 for e in events]}
+
+
+def layout_runs(pp: int, batches: list[int], symm: bool) -> list[Run]:
+    if symm:
+        return [Run(1, True, b) for b in batches]
+    if pp == 1:
+        return [Run(1, a, b) for b in batches for a in (False, True)]
+    return [Run(g, a, b) for b in batches
+            for g, a in ((1, False), (2, False), (1, True), (2, True), (3, True))]
+
+
+async def run_layout(name: str, tp: int, pp: int, args: argparse.Namespace, model_dir: str,
+                     results: dict[str, Any], out: Path) -> None:
+    symm = name.endswith("symm")
+    runs = layout_runs(pp, args.batches, symm)
+    max_seqs = max(r.groups * r.batch for r in runs)
+    blocks = max_seqs * -(-(args.prompt_len + args.steps + 16) // BLOCK) + 64
+    config = make_config(model_dir, args.device, tp, pp, blocks, max_seqs)
+    t0 = time.perf_counter()
     async with await Executor.create(config) as executor:
         await executor.initialize_kv_cache()
-        await run_groups(executor, [warm], 4, 1)
-        await executor.get_step_timeline()  # drop warm-up records
-        result = await run_groups(executor, groups, steps, in_flight)
-        timelines = await executor.get_step_timeline()
-        if trace_dir:  # a few more steps under the torch profiler, one trace per rank
-            await executor.start_profile()
-            await run_groups(executor, groups, 4, in_flight, prefill=False)
-            await executor.stop_profile()
-    return {"tp": tp, "pp": pp, "in_flight": in_flight, **result,
-            **stage_summary(timelines, tp),
-            "timeline": [[(t.step_id, t.start, t.end) for t in r] for r in timelines[::tp]]}
+        results[f"{name}_start_s"] = time.perf_counter() - t0
+        for repeat in range(args.repeats):   # interleaved: every configuration, then again
+            for run in runs:
+                key = run.name(name, pp) + ("" if repeat == 0 else "_again")
+                results[key] = {"layout": name, "tp": tp, "pp": pp,
+                                **await measure(executor, run, pp, args.prompt_len,
+                                                args.steps)}
+                print(f"{key}: {summary(results[key])}", flush=True)
+                out.write_text(json.dumps({"runs": results}, indent=1))
 
 
-def stage_summary(timelines: list, tp: int) -> dict[str, list[float]]:
-    """Per pipeline stage (its TP rank 0): mean ms a decode step keeps the rank busy,
-    and utilisation (busy time over the span of those steps). Means, not medians:
-    alternating short and long steps would hide behind a median."""
-    busy, util = [], []
-    for rank_steps in timelines[::tp]:
-        decode = rank_steps[len(rank_steps) // 4:]  # skip the prefills at the start
-        total = sum(t.end - t.start for t in decode)
-        busy.append(total / len(decode) * 1e3)
-        util.append(total / (decode[-1].end - decode[0].start))
-    return {"stage_busy_ms": busy, "stage_utilisation": util}
+def summary(r: dict[str, Any]) -> str:
+    idle = " ".join(f"{x:.1%}" for x in r["gpu_idle_share"])
+    return (f"{r['tokens_per_s']:.0f} tok/s, step {r['median_step_ms']:.2f} ms, "
+            f"GPU idle {idle}")
+
+
+def ratios(results: dict[str, Any], batches: list[int]) -> dict[str, float]:
+    """Targets of issue 10, per batch and repeat (where both sides ran)."""
+    out: dict[str, float] = {}
+
+    def get(key: str) -> dict[str, Any] | None:
+        return results.get(key)
+
+    for b in batches:
+        for suffix in ("", "_again"):
+            one = get(f"pp2_b{b}_g1_sync_inflight1{suffix}")
+            full = [get(f"pp2_b{b}_g{g}_async_inflight3{suffix}") for g in (2, 3)]
+            full = [r for r in full if r is not None]
+            if one and full:
+                out[f"pp2_b{b}_full_depth_over_one_in_flight{suffix}"] = (
+                    max(r["tokens_per_s"] for r in full) / one["tokens_per_s"])
+            tp1 = get(f"tp1_b{b}_g1_async_inflight2{suffix}")
+            for tp2_name in ("tp2", "tp2symm"):
+                tp2 = get(f"{tp2_name}_b{b}_g1_async_inflight2{suffix}")
+                if tp1 and tp2:
+                    out[f"{tp2_name}_over_tp1_step_b{b}{suffix}"] = (
+                        tp2["median_step_ms"] / tp1["median_step_ms"])
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--reqs", type=int, default=32, help="requests per batch (group)")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 32, 64], help="requests per in-flight slot")
     parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=32, help="decode steps per batch")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--layouts", default="tp1,tp2,pp2,tp2symm")
+    parser.add_argument("--layout-timeout", type=float, default=200.0,
+                        help="seconds one layout (start-up included) may take")
     parser.add_argument("--out", default=  # a new file per run: results are kept
-                        f"benchmarks/results/parallel_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    parser.add_argument("--only", default=None, help="run only configurations with this prefix")
-    parser.add_argument("--trace-dir", default=None,
-                        help="write torch-profiler traces of the PP=2, 2-in-flight run here")
+                        f"results/parallel_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
     args = parser.parse_args()
+    os.environ["ACTOREXEC_STEP_EVENTS"] = "1"  # the workers inherit it
     if args.device == "cpu":  # a smoke-sized model for CPU ranks
         MODEL.update(hidden_size=256, intermediate_size=512, num_attention_heads=8,
                      num_key_value_heads=4, vocab_size=1024)
     model_dir = write_model(Path(tempfile.mkdtemp()) / "dummy-llama", args.layers)
-    common = dict(reqs=args.reqs, prompt_len=args.prompt_len, steps=args.steps)
-    runs = [("pp2_inflight1", 1, 2, 1), ("pp2_inflight2", 1, 2, 2),
-            ("tp1", 1, 1, 1), ("tp2", 2, 1, 1)]
-    # Each configuration twice, interleaved: the spread between the two is the noise.
-    runs = [(f"{name}{suffix}", *rest) for suffix in ("", "_again") for name, *rest in runs]
-    runs = [r for r in runs if args.only is None or r[0].startswith(args.only)]
-    results = {}
-    for name, tp, pp, in_flight in runs:
-        trace = args.trace_dir if name == "pp2_inflight2" else None
-        results[name] = asyncio.run(measure(model_dir, args.device, tp, pp, in_flight,
-                                            trace_dir=trace, **common))
-        print(f"{name}: { {k: v for k, v in results[name].items() if k != 'timeline'} }",
-              flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"runs": results}, indent=1))
-    # Baseline in the same run: what the interconnect alone costs per collective.
-    baseline = collective_baseline.measure(args.device, (args.reqs, MODEL["hidden_size"]))
-    print(f"baseline: {baseline}", flush=True)
-    ratios = {}
-    for suffix in ("", "_again") if args.only is None else ():
-        r = {k.removesuffix(suffix): v for k, v in results.items() if k.endswith(suffix)}
-        ratios[f"pp2_throughput_inflight2_over_inflight1{suffix}"] = (
-            r["pp2_inflight2"]["tokens_per_s"] / r["pp2_inflight1"]["tokens_per_s"])
-        ratios[f"tp2_step_time_over_tp1{suffix}"] = (
-            r["tp2"]["median_step_ms"] / r["tp1"]["median_step_ms"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    layouts = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2), "tp2symm": (2, 1)}
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name in args.layouts.split(","):
+        tp, pp = layouts[name]
+        if name == "tp2symm":
+            if args.device != "cuda":
+                continue
+            os.environ["ACTOREXEC_TP_ALL_REDUCE"] = "symm_mem"
+        try:  # a layout that hangs (say, a collective that never completes) is cut off
+            asyncio.run(asyncio.wait_for(run_layout(name, tp, pp, args, model_dir, results,
+                                                    out), args.layout_timeout))
+        except Exception as exc:  # one layout failing must not lose the others' figures
+            errors[name] = "".join(traceback.format_exception(exc))
+            print(f"{name} failed:\n{errors[name]}", flush=True)
+        finally:
+            os.environ.pop("ACTOREXEC_TP_ALL_REDUCE", None)
+    shapes = [(b, MODEL["hidden_size"]) for b in args.batches]
+    baseline = collective_baseline.measure(args.device, shapes)
     report = {"device": args.device, "model": {**MODEL, "num_hidden_layers": args.layers},
-              "workload": common, "runs": results, "ratios": ratios,
-              "collective_baseline_us": baseline}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"\n{'run':<16}{'tok/s':>12}{'step ms':>10}  per stage: mean busy ms / utilisation")
-    for name, r in results.items():
-        stages = " ".join(f"{b:.1f}/{u:.0%}"
-                          for b, u in zip(r["stage_busy_ms"], r["stage_utilisation"],
-                                          strict=True))
-        print(f"{name:<16}{r['tokens_per_s']:>12.1f}{r['median_step_ms']:>10.2f}  {stages}")
-    for k, v in ratios.items():
+              "workload": {k: v for k, v in vars(args).items() if k != "out"},
+              "runs": results, "ratios": ratios(results, args.batches),
+              "collective_baseline_us": baseline, "errors": errors}
+    out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\n{'run':<40}{'tok/s':>10}{'step ms':>9}{'GPU step ms':>13}  GPU idle per rank")
+    for name, r in report["runs"].items():
+        if not isinstance(r, dict):
+            continue
+        gpu = " ".join(f"{x:.2f}" for x in r["gpu_step_ms"])
+        idle = " ".join(f"{x:.1%}" for x in r["gpu_idle_share"])
+        print(f"{name:<40}{r['tokens_per_s']:>10.0f}{r['median_step_ms']:>9.2f}{gpu:>13}  {idle}")
+    for k, v in report["ratios"].items():
         print(f"{k}: {v:.3f}")
-    for k, v in baseline.items():
-        print(f"raw 2-rank {k} of [{args.reqs}, {MODEL['hidden_size']}]: {v:.1f}")
+    for shape, row in report["collective_baseline_us"].items():
+        cells = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in row.items())
+        print(f"raw 2-rank [{shape}]: {cells}")
+    for name, error in report["errors"].items():
+        print(f"{name}: FAILED ({error.strip().splitlines()[-1]})")
 
 
 if __name__ == "__main__":

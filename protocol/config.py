@@ -161,16 +161,25 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Batch limits for the reference engine's scheduler."""
+    """Batch limits for the reference engine's scheduler.
+
+    ``async_scheduling``: the engine sends a request's next decode step before
+    the previous one's tokens come back; the runners feed each sampled token
+    to the next step on the device (docs/engine.md, "Async scheduling"), and
+    ``max_concurrent_batches`` is one more than the pipeline depth. False: a
+    request runs again only after its tokens reached the host.
+    """
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_chunked_prefill: bool = True
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         _count("SchedulerConfig", "max_num_seqs", self.max_num_seqs)
         _count("SchedulerConfig", "max_num_batched_tokens", self.max_num_batched_tokens)
         check_bool("SchedulerConfig", "enable_chunked_prefill", self.enable_chunked_prefill)
+        check_bool("SchedulerConfig", "async_scheduling", self.async_scheduling)
 
 
 class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

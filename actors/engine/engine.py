@@ -1,9 +1,11 @@
 """AsyncEngine: the reference engine that drives an Executor from the caller's loop.
 
 One background task (the engine loop) owns the scheduler. It keeps up to
-``executor.max_concurrent_batches`` steps in flight, each with requests no
-other in-flight step has; when a step's output arrives its requests become
-schedulable again and their new tokens go to their streams. ``generate()``
+``executor.max_concurrent_batches`` steps in flight. With async scheduling
+(the default) a decoding request's next step is sent before the previous
+one's tokens arrive (its input token stays on the device); otherwise each
+in-flight step has requests no other has. Outputs are applied in step order:
+the new tokens go to their streams and stop rules run then. ``generate()``
 calls only enqueue and read a per-request queue, so thousands of concurrent
 streams cost one loop task, not one task each. Each request's text is
 detokenized incrementally and checked for stop strings here, in the loop
@@ -91,7 +93,8 @@ class AsyncEngine:
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.scheduler = Scheduler(config.scheduler, kv_cache_config.num_blocks,
-                                   kv_cache_config.block_size, self.max_model_len, eos)
+                                   kv_cache_config.block_size, self.max_model_len, eos,
+                                   config.parallel.pipeline_parallel_size)
         self._streams: dict[str, StreamState] = {}
         self._in_flight: list[_InFlight] = []
         self._wake = asyncio.Event()
@@ -243,7 +246,8 @@ class AsyncEngine:
                 self._fail_all(exc)
 
     def _submit(self) -> None:
-        """Fills the pipeline: up to max_concurrent_batches steps of disjoint requests."""
+        """Fills the pipeline: up to max_concurrent_batches steps (the scheduler decides which
+        requests may be in more than one)."""
         while len(self._in_flight) < self.executor.max_concurrent_batches:
             step = self.scheduler.schedule()
             if step is None:
@@ -254,10 +258,11 @@ class AsyncEngine:
             self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
 
     def _harvest(self) -> None:
-        """Applies every finished step's output (raising the step's error, if any)."""
-        done = [item for item in self._in_flight if item.future.done()]
-        for item in done:
-            self._in_flight.remove(item)
+        """Applies finished steps' outputs in step order (raising a step's error, if any):
+        with async scheduling a step's requests may be in the next step too, so a later
+        output never overtakes an earlier one."""
+        while self._in_flight and self._in_flight[0].future.done():
+            item = self._in_flight.pop(0)
             output = item.future.result()
             for req, new_tokens in self.scheduler.update_from_output(item.step, output):
                 if new_tokens or req.is_finished:

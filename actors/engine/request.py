@@ -27,8 +27,11 @@ class Request:
 
     The scheduler keeps what the runner knows (``num_sent_tokens``,
     ``num_sent_blocks``, ``known_to_runner``) so each step sends only the diff.
-    ``num_computed_tokens`` advances when a step is scheduled: a request is
-    never in two in-flight batches, so the schedule is as good as done.
+    ``num_computed_tokens`` advances when a step is scheduled: the schedule is
+    as good as done, since workers run steps in order. With async scheduling a
+    request can be in two in-flight steps; ``num_output_placeholders`` counts
+    the tokens those steps will sample (their values still on the device), and
+    ``num_sent_tokens`` may then run ahead of the tokens the host knows.
     """
 
     req_id: str
@@ -41,7 +44,9 @@ class Request:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
-    in_flight: bool = False
+    num_in_flight: int = 0                         # in-flight steps it is in (0, 1 or 2)
+    last_step_id: int = -1                         # the latest step it was scheduled in
+    num_output_placeholders: int = 0               # tokens in-flight steps will sample for it
     known_to_runner: bool = False
     num_sent_tokens: int = 0
     num_sent_blocks: int = 0
@@ -54,6 +59,15 @@ class Request:
     def num_tokens(self) -> int:
         """Prompt plus outputs: the full known sequence."""
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        """The sequence once every in-flight step's sample is in (what the runners hold)."""
+        return self.num_tokens + self.num_output_placeholders
+
+    @property
+    def in_flight(self) -> bool:
+        return self.num_in_flight > 0
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -13,10 +13,26 @@ is sent again as a ``NewRequestData`` with its prompt, the outputs so far in
 recomputed. This uses only the plain new/finished paths of the runner; no
 waiting request is admitted in a step that preempted, so a drop and its
 re-add never share a step.
+
+Async scheduling (``SchedulerConfig.async_scheduling``): a request whose one
+in-flight step will sample its next token may be scheduled again before that
+step's output arrives; the new step adds that token as a *device token*
+(``num_device_tokens=1``), which the runners hold on the device. Its
+``num_output_placeholders`` count such tokens until their values arrive. A
+request is in at most two in-flight steps, at least ``pipeline_parallel_size``
+steps apart (so each pipeline stage holds one of its steps at a time), and
+never in one whose sample would surely be discarded (``max_tokens``,
+``max_model_len``). Outputs must be applied in step order. A request that a
+stop rule finishes when its output arrives may have one more step in flight:
+that step's token (the overshoot) is discarded, and the runners drop the
+request with the next step. With ``pipeline_parallel_size`` P > 1 a step
+takes at most a P-th of the live requests, so P steps share them and every
+stage has a batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 
@@ -41,9 +57,16 @@ class Scheduler:
     without an executor.
     """
 
+    # The runners hold one unclaimed sample per request, so a request takes in at most one
+    # device token per step: it can be in its sampling step and one more.
+    MAX_STEPS_IN_FLIGHT_PER_REQUEST = 2
+
     def __init__(self, config: SchedulerConfig, num_blocks: int, block_size: int,
-                 max_model_len: int, eos_token_ids: Iterable[int] = ()) -> None:
+                 max_model_len: int, eos_token_ids: Iterable[int] = (),
+                 pipeline_parallel_size: int = 1) -> None:
         self.config = config
+        self.async_scheduling = config.async_scheduling
+        self.pipeline_parallel_size = pipeline_parallel_size
         self.pool = BlockPool(num_blocks, block_size)
         self.max_model_len = max_model_len
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -52,8 +75,11 @@ class Scheduler:
         self.running: list[Request] = []       # admission order; the tail is preempted first
         self._to_drop: list[str] = []          # ids the runner must forget next step
         self._step_id = 0
+        self._sampling: dict[int, list[Request]] = {}  # step id -> requests it samples for
         self._arrivals = 0
         self.num_preemptions = 0
+        self.num_device_tokens = 0              # tokens steps took in from the device (async)
+        self.num_discarded_tokens = 0           # sampled after their request finished
 
     # ----------------------------------------------------------------- requests
     def add_request(self, req_id: str, prompt_token_ids: list[int],
@@ -103,6 +129,7 @@ class Scheduler:
         """
         self.pool = BlockPool(num_blocks, self.pool.block_size)
         self.running, self._to_drop = [], []
+        self._sampling.clear()  # the steps those placeholders waited for never reply
         unfit: list[Request] = []
         live: list[Request] = []
         for req in list(self.requests.values()):
@@ -110,7 +137,8 @@ class Scheduler:
                 del self.requests[req.req_id]
                 continue
             req.status = RequestStatus.WAITING
-            req.block_ids, req.num_computed_tokens, req.in_flight = [], 0, False
+            req.block_ids, req.num_computed_tokens = [], 0
+            req.num_in_flight, req.num_output_placeholders, req.last_step_id = 0, 0, -1
             req.known_to_runner, req.num_sent_tokens, req.num_sent_blocks = False, 0, 0
             longest = self._longest(len(req.prompt_token_ids), req.sampling_params.max_tokens)
             fits = self.pool.blocks_for(longest) <= num_blocks
@@ -133,16 +161,17 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput | None:
         """The next step, or ``None`` when nothing can run now (all busy or idle)."""
         budget = self.config.max_num_batched_tokens
+        max_reqs = self._max_reqs_per_step()
         scheduled: dict[str, int] = {}
         order: list[Request] = []
         preempted = False
 
         for req in list(self.running):
-            if budget == 0:
+            if budget == 0 or len(order) >= max_reqs:
                 break
-            if req.in_flight or req.status is not RequestStatus.RUNNING:
+            if req.status is not RequestStatus.RUNNING or not self._can_schedule(req):
                 continue
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            num_new = min(req.num_tokens_with_placeholders - req.num_computed_tokens, budget)
             if num_new <= 0:
                 continue
             if not self._reserve_blocks(req, num_new, scheduled):
@@ -155,7 +184,7 @@ class Scheduler:
             order.append(req)
             budget -= num_new
 
-        while self.waiting and not preempted and budget > 0:
+        while self.waiting and not preempted and budget > 0 and len(order) < max_reqs:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[0]
@@ -183,6 +212,25 @@ class Scheduler:
         if not order:
             return None
         return self._build_output(order, scheduled)
+
+    def _max_reqs_per_step(self) -> int:
+        """With P pipeline stages, a P-th of the live requests: P steps share them."""
+        pp = self.pipeline_parallel_size
+        live = min(len(self.running) + len(self.waiting), self.config.max_num_seqs)
+        return max(1, math.ceil(live / pp)) if pp > 1 else self.config.max_num_seqs
+
+    def _can_schedule(self, req: Request) -> bool:
+        """Not in flight; or (async) in one in-flight step, far enough back in the pipeline,
+        and sure to need another token after that step's."""
+        if not req.in_flight:
+            return True
+        if (not self.async_scheduling
+                or req.num_in_flight >= self.MAX_STEPS_IN_FLIGHT_PER_REQUEST
+                or self._step_id - req.last_step_id < self.pipeline_parallel_size):
+            return False
+        outputs = len(req.output_token_ids) + req.num_output_placeholders
+        return (outputs < req.sampling_params.max_tokens
+                and req.num_tokens_with_placeholders < self.max_model_len)
 
     def _reserve_blocks(self, req: Request, num_new: int, scheduled: dict[str, int]) -> bool:
         """Makes ``req`` own blocks for ``num_new`` more tokens, preempting if needed.
@@ -228,22 +276,35 @@ class Scheduler:
 
     def _build_output(self, order: list[Request], scheduled: dict[str, int]) -> SchedulerOutput:
         out = SchedulerOutput(step_id=self._step_id, finished_req_ids=self._to_drop)
+        sampling: list[Request] = []
         for req in order:
-            if not req.known_to_runner:
+            total = req.num_tokens_with_placeholders
+            if not req.known_to_runner:   # never in flight: the host knows all its tokens
                 out.add_new(NewRequestData(
                     req_id=req.req_id, prompt_token_ids=list(req.prompt_token_ids),
                     sampling_params=req.sampling_params, block_ids=list(req.block_ids),
                     output_token_ids=list(req.output_token_ids)), scheduled[req.req_id])
                 req.known_to_runner = True
             else:
+                # The runner gains the host-known tokens it lacks, then (async) the one
+                # sampled token whose value is still on the device.
+                sent, known, prompt = (req.num_sent_tokens, req.num_tokens,
+                                       len(req.prompt_token_ids))
                 out.add_cached(req.req_id, num_computed_tokens=req.num_computed_tokens,
                                num_scheduled_tokens=scheduled[req.req_id],
-                               new_token_ids=req.all_token_ids[req.num_sent_tokens:],
-                               new_block_ids=req.block_ids[req.num_sent_blocks:])
-            req.num_sent_tokens = req.num_tokens
+                               new_token_ids=req.output_token_ids[sent - prompt:known - prompt],
+                               new_block_ids=req.block_ids[req.num_sent_blocks:],
+                               num_device_tokens=total - max(sent, known))
+                self.num_device_tokens += total - max(sent, known)
+            req.num_sent_tokens = total
             req.num_sent_blocks = len(req.block_ids)
             req.num_computed_tokens += scheduled[req.req_id]
-            req.in_flight = True
+            if req.num_computed_tokens == total:   # it runs its whole sequence: it samples
+                req.num_output_placeholders += 1
+                sampling.append(req)
+            req.num_in_flight += 1
+            req.last_step_id = self._step_id
+        self._sampling[self._step_id] = sampling
         self._to_drop = []
         self._step_id += 1
         return out
@@ -254,17 +315,24 @@ class Scheduler:
         """Applies one step's sampled tokens; returns ``(request, new tokens)`` per live request.
 
         Requests that finish here are released (blocks freed, runner told to
-        drop them next step). Aborted requests' tokens are ignored.
+        drop them next step). Aborted requests' tokens are ignored, and so is
+        the token of a step that was in flight when its request finished (the
+        overshoot of async scheduling). With async scheduling, steps' outputs
+        must arrive in step order (they do: workers reply in order).
         """
         sampled = output.tokens_by_request()
+        for req in self._sampling.pop(step.step_id, ()):
+            req.num_output_placeholders -= 1
         updates: list[tuple[Request, list[int]]] = []
         for req_id in step.num_scheduled_tokens:
             req = self.requests.get(req_id)
             if req is None:
                 continue
-            req.in_flight = False
-            if req.is_finished:
-                self.requests.pop(req_id, None)
+            req.num_in_flight -= 1
+            if req.is_finished:   # aborted, or stopped while this step ran (the overshoot)
+                self.num_discarded_tokens += len(sampled.get(req_id, ()))
+                if not req.in_flight:
+                    self.requests.pop(req_id, None)
                 continue
             new: list[int] = []
             for token in sampled.get(req_id, ()):
@@ -276,7 +344,7 @@ class Scheduler:
                     self._finish(req, reason)
                     break
             updates.append((req, new))
-            if req.is_finished:
+            if req.is_finished and not req.in_flight:
                 self.requests.pop(req_id, None)
         return updates
 

@@ -116,8 +116,10 @@ class Executor(abc.ABC):
 
     @property
     def max_concurrent_batches(self) -> int:
-        """Steps that may be in flight at once: one per pipeline stage."""
-        return self.parallel_config.pipeline_parallel_size
+        """Steps that may be in flight at once: one per pipeline stage, plus one with async
+        scheduling (the next step waits at the first stage, so no stage waits for the host)."""
+        pp = self.parallel_config.pipeline_parallel_size
+        return pp + 1 if self.config.scheduler.async_scheduling else pp
 
     @property
     def output_rank(self) -> int:

@@ -28,6 +28,16 @@ class ParallelContext:
     layer_range: tuple[int, int] = (0, 0)
     tp_group: Any = None  # torch ProcessGroup | None
     pp_group: Any = None
+    # Two-rank groups with the same TP rank of the previous / next stage: activations
+    # travel over them (batched P2P needs every rank of its group to take part at first).
+    prev_link_group: Any = None
+    next_link_group: Any = None
+    # PP > 1: this TP index's first- and last-stage ranks, nobody else; sampled token ids
+    # travel back to the first stage over it (async scheduling). None on middle stages.
+    token_group: Any = None
+    # Optional faster TP all-reduce for small messages (symm_all_reduce.py): a callable
+    # that sums a tensor in place and returns True, or False to leave it to NCCL.
+    small_all_reduce: Any = None
 
     @property
     def rank(self) -> int:
@@ -60,6 +70,21 @@ class ParallelContext:
         """Global rank of the same TP rank in the next stage (None on the last stage)."""
         return None if self.is_last_stage else self.rank + self.tp_size
 
+    @property
+    def output_rank(self) -> int:
+        """Global rank of the output rank (last stage, TP rank 0)."""
+        return (self.pp_size - 1) * self.tp_size
+
+    @property
+    def first_stage_peer(self) -> int:
+        """Global rank of this TP index in the first stage."""
+        return self.tp_rank
+
+    @property
+    def last_stage_peer(self) -> int:
+        """Global rank of this TP index in the last stage."""
+        return (self.pp_size - 1) * self.tp_size + self.tp_rank
+
     @classmethod
     def single(cls, num_layers: int) -> ParallelContext:
         """World size 1: this rank holds every layer."""
@@ -67,7 +92,8 @@ class ParallelContext:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the TP group, in place; a no-op at TP size 1."""
-        if self.tp_size > 1:
+        if self.tp_size > 1 and not (self.small_all_reduce is not None
+                                     and self.small_all_reduce(x)):
             dist.all_reduce(x, group=self.tp_group)
         return x
 

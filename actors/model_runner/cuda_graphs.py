@@ -66,9 +66,12 @@ class DecodeGraphs:
         self.replays = 0
 
     def capture(self, sizes: Sequence[int], prepare: Callable[[int], None],
-                stream: torch.cuda.Stream, progress: Callable[[int, int], None] | None = None
-                ) -> None:
-        """Captures one graph per size (``prepare(size)`` fills padding-only inputs first)."""
+                stream: torch.cuda.Stream, progress: Callable[[int, int], None] | None = None,
+                capture_error_mode: str = "global") -> None:
+        """Captures one graph per size (``prepare(size)`` fills padding-only inputs first).
+
+        ``capture_error_mode="thread_local"`` where other threads make CUDA calls during
+        capture (NCCL's watchdog at TP/PP > 1): only this thread's calls are checked."""
         start = time.perf_counter()
         before = torch.cuda.memory_reserved(self.device)
         ordered = sorted(set(sizes), reverse=True)
@@ -80,7 +83,8 @@ class DecodeGraphs:
                 graph = torch.cuda.CUDAGraph()
                 if self.pool is None:
                     self.pool = torch.cuda.graph_pool_handle()
-                with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                with torch.cuda.graph(graph, pool=self.pool, stream=stream,
+                                      capture_error_mode=capture_error_mode):
                     out = self._forward(size)
                 self.graphs[size] = (graph, out)
                 if progress is not None:

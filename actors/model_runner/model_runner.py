@@ -28,11 +28,7 @@ from actorexec.actors.model.layers.attention import AttentionMetadata
 from actorexec.actors.model.llama import IntermediateTensors, LlamaForCausalLM
 from actorexec.actors.model.loader import load_model, resolve_dtype
 from actorexec.actors.model.parallel import ParallelContext
-from actorexec.actors.model_runner.cuda_graphs import (
-    DecodeGraphs,
-    capture_progress,
-    default_buckets,
-)
+from actorexec.actors.model_runner.cuda_graphs import DecodeGraphs, default_buckets
 from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
 from actorexec.actors.model_runner.phase_clock import PhaseClock
@@ -40,6 +36,8 @@ from actorexec.actors.model_runner.pipeline import StageLink
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.sampler import Sampler, SamplerOutput
 from actorexec.actors.model_runner.sampling_inputs import gather_sampling_tensors
+from actorexec.actors.model_runner.stage_forward import StageForward
+from actorexec.actors.model_runner.step_events import StepEvents
 from actorexec.actors.model_runner.step_output import PendingOutput, copy_to_host
 from actorexec.actors.model_runner.step_reader import (
     RunnerLimits,
@@ -47,6 +45,7 @@ from actorexec.actors.model_runner.step_reader import (
     apply_step,
     read_step,
 )
+from actorexec.actors.model_runner.token_feedback import TokenFeedback
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError, InvalidRequestError
 from actorexec.protocol.kv_cache import KVCacheConfig, KVCacheSpec
@@ -79,9 +78,7 @@ class ModelRunner:
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.kv_cache_config: KVCacheConfig | None = None
         self.requests: dict[str, CachedRequestState] = {}
-        # Live requests may exceed one step's max_num_seqs while several steps are in flight
-        # (one per pipeline stage, plus one with async scheduling): rows for all of them.
-        self.rows = RequestRows(self.max_num_reqs * (parallel.pp_size + 1), self.max_model_len,
+        self.rows = RequestRows(self.max_num_reqs, self.max_model_len,
                                 -(-self.max_model_len // self.block_size), device)
         self.buffers = InputBuffers(self.max_num_tokens, self.max_num_reqs, self.rows,
                                     self.block_size, device)
@@ -93,14 +90,23 @@ class ModelRunner:
         self.compute_stream = torch.cuda.Stream(device) if cuda else None
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         self.d2h_stream = torch.cuda.Stream(device) if cuda else None
-        self.graphs: DecodeGraphs | None = None
+        self.stage = StageForward(self._model, parallel, self.buffers, self.link,
+                                  self.max_model_len)
+        # Async scheduling: sampled tokens reach the next step's inputs on the device.
+        self.feedback = TokenFeedback(parallel, self.rows, device, self.copy_stream,
+                                      enabled=config.scheduler.async_scheduling)
         self.phase_clock = PhaseClock(enabled=os.environ.get("ACTOREXEC_PHASE_TIMES") == "1")
+        self.step_events = StepEvents(device)  # GPU idle between steps (benchmarks; opt-in)
 
     @property
     def use_cuda_graphs(self) -> bool:
-        """Decode graphs: CUDA, not enforce_eager, one rank (TP/PP graphs: not yet)."""
-        return (self.device.type == "cuda" and not self.config.model.enforce_eager
-                and self.parallel.world_size == 1)
+        """Decode graphs: on CUDA unless enforce_eager, in every TP/PP layout
+        (stage_forward.py says how collectives and P2P fit around them)."""
+        return self.device.type == "cuda" and not self.config.model.enforce_eager
+
+    @property
+    def graphs(self) -> DecodeGraphs | None:
+        return self.stage.graphs
 
     @contextlib.contextmanager
     def _on_compute_stream(self) -> Iterator[None]:
@@ -176,31 +182,7 @@ class ModelRunner:
         assert self.compute_stream is not None
         sizes = sizes or [b for b in default_buckets(self.max_num_reqs)
                           if b <= self.max_num_tokens]
-        graphs = DecodeGraphs(self._graph_forward, self.device)
-        bar = capture_progress(len(sizes))
-        try:
-            with torch.inference_mode():
-                graphs.capture(sizes, self.buffers.pad_only, self.compute_stream,
-                               progress=None if bar is None else lambda i, n: bar.update(1))
-        finally:
-            if bar is not None:
-                bar.close()
-        self.graphs = graphs
-
-    def _graph_forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The captured body: decode over the first ``size`` static rows -> (logits [size, V],
-        their argmax [size]): greedy steps then need no kernel of their own after the replay."""
-        b = self.buffers
-        meta = AttentionMetadata(
-            slot_mapping=b.slot_mapping[:size], block_table=b.block_table[:size],
-            seq_lens=b.seq_lens[:size], query_lens=b.query_lens[:size],
-            token_req=b.token_req[:size], token_q=b.token_q[:size], max_query_len=1,
-            max_seq_len=self.max_model_len, query_start_loc=b.query_start_loc[: size + 1],
-            is_decode=True)
-        hidden = self._model()(b.input_ids[:size], b.positions[:size], meta)
-        assert isinstance(hidden, torch.Tensor)
-        logits = self._model().compute_logits(hidden)
-        return logits, logits.argmax(-1)
+        self.stage.capture(sizes, self.compute_stream)
 
     # ---- steps --------------------------------------------------------------------------
     def _limits(self) -> RunnerLimits:
@@ -209,7 +191,8 @@ class ModelRunner:
         return RunnerLimits(vocab_size=self.hf_config.vocab_size,
                             num_blocks=self.kv_cache_config.num_blocks,
                             block_size=self.block_size, max_model_len=self.max_model_len,
-                            max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens)
+                            max_num_reqs=self.max_num_reqs, max_num_tokens=self.max_num_tokens,
+                            accepts_device_tokens=self.feedback.enabled)
 
     def _apply_diff(self, plan: StepPlan) -> None:
         """Host records (``apply_step``) and queued device-row writes (flushed before the
@@ -220,7 +203,7 @@ class ModelRunner:
         if len(self.requests) - len(gone) + added > rows.max_reqs:
             raise InvalidRequestError(
                 f"step would leave {len(self.requests) - len(gone) + added} live requests; the "
-                f"runner holds at most {rows.max_reqs} (max_num_seqs x (pipeline stages + 1))")
+                f"runner holds at most max_num_seqs={rows.max_reqs}")
         before = {rec.req_id: (self.requests[rec.req_id].num_tokens,
                                len(self.requests[rec.req_id].block_ids))
                   for rec in plan.requests if not rec.is_new}
@@ -259,73 +242,73 @@ class ModelRunner:
         plan = read_step(so, self.requests, self._limits())  # raises before any change
         clock.mark("read_step")
         with self._on_compute_stream():
-            self._apply_diff(plan)
-            # Sampling columns of new requests now; token/block writes go with the inputs.
-            self.rows.flush(self.copy_stream, writes=False)
-            clock.mark("apply_flush")
-            order = plan.req_ids
-            if not order:
-                self.rows.flush(self.copy_stream)
-                return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
-                        if self.parallel.is_output_rank else None)
-            states = [self.requests[r] for r in order]
-            counts = [rec.num_scheduled_tokens for rec in plan.requests]
-            decode = sum(counts) == len(order)
-            bucket = (self.graphs.bucket_for(len(order))
-                      if decode and self.graphs is not None else None)
-            inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
-                                          [s.num_tokens for s in states], self.copy_stream,
-                                          pad_to=bucket)
-            clock.mark("prepare")
-            greedy = None
-            if bucket is not None:
-                assert self.graphs is not None
-                logits, greedy = self.graphs.replay(bucket)
-                logits, greedy = logits[: len(order)], greedy[: len(order)]  # [R, V], [R]
-            else:
-                hidden = self._forward(inputs)
-                if hidden is None:
-                    return None
-                logits = self._model().compute_logits(hidden[inputs.logits_indices])  # [R, V]
-            clock.mark("forward_launch")
-            if not self.parallel.is_output_rank:
-                return None
-            pending = self._sample(so.step_id, inputs, logits, greedy)
-            clock.mark("sample_launch")
-            return pending
+            self.step_events.start()
+            try:
+                return self._queue_step(so, plan)
+            finally:
+                self.step_events.end()
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
-        """This stage's layers, eagerly; PP intermediates go point-to-point. None off the
-        last stage."""
-        p, model = self.parallel, self._model()
-        intermediate = None if p.is_first_stage else self.link.recv(inputs.num_tokens)
-        out = model(inputs.input_ids if p.is_first_stage else None, inputs.positions,
-                    inputs.meta, intermediate)
-        if isinstance(out, IntermediateTensors):
-            self.link.send(out)
+    def _queue_step(self, so: SchedulerOutput, plan: StepPlan) -> PendingOutput | None:
+        """The body of ``execute_model_async``, on the compute stream, once ``plan`` is valid."""
+        clock = self.phase_clock
+        # Earlier steps' sampled ids that this step reads, or whose rows it frees (PP),
+        # land before any of its own writes.
+        self.feedback.take_in(plan)
+        self._apply_diff(plan)
+        # Sampling columns of new requests now; token/block writes go with the inputs.
+        self.rows.flush(self.copy_stream, writes=False)
+        clock.mark("apply_flush")
+        order = plan.req_ids
+        if not order:
+            self.rows.flush(self.copy_stream)
+            return (PendingOutput.ready(ModelRunnerOutput(step_id=so.step_id))
+                    if self.parallel.is_output_rank else None)
+        states = [self.requests[r] for r in order]
+        counts = [rec.num_scheduled_tokens for rec in plan.requests]
+        bucket = self.stage.bucket_for(len(order), sum(counts) == len(order))
+        inputs = self.buffers.prepare(order, [s.num_computed_tokens for s in states], counts,
+                                      [s.num_tokens for s in states], self.copy_stream,
+                                      pad_to=bucket)
+        clock.mark("prepare")
+        out = self.stage.run(inputs, bucket)
+        clock.mark("forward_launch")
+        if out is None:  # not the last stage: its activations are on their way
+            self.feedback.expect(so.step_id, inputs)
             return None
-        return out
+        logits, greedy = out
+        if not self.parallel.is_output_rank:
+            self.feedback.sampled(inputs, None)
+            return None
+        pending, sampled = self._sample(so.step_id, inputs, logits, greedy)
+        self.feedback.sampled(inputs, sampled)
+        clock.mark("sample_launch")
+        return pending
 
     def _sample(self, step_id: int, inputs: StepInputs, logits: torch.Tensor,
-                greedy: torch.Tensor | None = None) -> PendingOutput:
+                greedy: torch.Tensor | None = None
+                ) -> tuple[PendingOutput, torch.Tensor | None]:
         """Samples every row on the device (no host sync); ids (and logprobs) go to pinned
-        host memory on the side stream. Rows still mid-prefill are sampled but not reported."""
+        host memory on the side stream. Rows still mid-prefill are sampled but not reported.
+        Also returns the sampled ids [R] (a tensor no later step overwrites), or None when
+        no row samples."""
         rows = [i for i, s in enumerate(inputs.samples) if s]
         if not rows:
             return PendingOutput.ready(ModelRunnerOutput(
                 step_id=step_id, req_ids=inputs.req_ids,
-                sampled_token_ids=[[] for _ in inputs.req_ids]))
+                sampled_token_ids=[[] for _ in inputs.req_ids])), None
         states = [self.requests[r] for r in inputs.req_ids]
         tensors = gather_sampling_tensors(self.rows, inputs, states, self.hf_config,
                                           self.copy_stream)
         if tensors is None:  # all greedy, nothing else asked: the argmax (in the graph if any)
-            tokens = greedy if greedy is not None else logits.argmax(-1)
+            # The graph's argmax is a static buffer the next replay overwrites: copy it
+            # before the device->host copy and the token feedback read it.
+            tokens = greedy.clone() if greedy is not None else logits.argmax(-1)
             host, event = copy_to_host([tokens], self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
+            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event), tokens
         out = self.sampler.sample(logits, tensors)
         if out.logprobs is None:
             host, event = copy_to_host([out.sampled], self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event)
+            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event), out.sampled
         assert out.logprob_token_ids is not None and out.sampled_ranks is not None
         host, event = copy_to_host([out.sampled, out.logprob_token_ids, out.logprobs,
                                     out.sampled_ranks], self.d2h_stream)
@@ -335,7 +318,8 @@ class ModelRunner:
             lists = SamplerOutput(*host).to_lists(wanted)[1]
             return {inputs.req_ids[i]: lists[i] for i in rows if lists[i] is not None}
 
-        return PendingOutput(step_id, inputs.req_ids, rows, host[0], event, logprobs)
+        return (PendingOutput(step_id, inputs.req_ids, rows, host[0], event, logprobs),
+                out.sampled)
 
     @torch.inference_mode()
     def _run_dummy(self, num_tokens: int) -> None:
@@ -366,12 +350,12 @@ class ModelRunner:
     def sleep(self, level: int) -> None:
         """Level 1: drop the KV cache (contents lost; weights to CPU on CUDA).
         Level 2: drop the weights too; ``wake_up`` reloads them from the checkpoint."""
-        if self.graphs is not None:  # they point at the dropped cache and weights
-            self.graphs.clear()
-            self.graphs = None
+        self.stage.clear()  # the graphs point at the dropped cache and weights
+        self.link.drain()
         for attn in self._model().attention_layers().values():
             attn.kv_cache = None
         self.kv_caches = {}
+        self.feedback.drain()  # ids still travelling land before the rows are cleared
         self.requests.clear()  # their KV contents are gone
         self.rows.clear()
         if level >= 2:

@@ -14,8 +14,13 @@ from actorexec.protocol.scheduler_output import NewRequestData
 class CachedRequestState:
     """One request's tokens, blocks and sampler state, updated only from SchedulerOutputs.
 
-    The runner never appends its own samples: sampled tokens come back in the
-    next step's ``new_token_ids``, so every pipeline stage holds the same state.
+    The runner never appends its own samples on its own: a sampled token joins
+    the request when a later step says so, either as a value in
+    ``new_token_ids`` or (async scheduling) as a device token, so every rank
+    holds the same state. ``output_token_ids`` holds the values this rank was
+    sent; ``num_device_tokens`` counts outputs whose values live only in the
+    device token table. Only counts matter on the host (inputs, penalties and
+    histories are read from the device rows).
     """
 
     req_id: str
@@ -26,6 +31,10 @@ class CachedRequestState:
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None  # per-request seed -> batch-independent samples
     num_scheduled_tokens: int = 0  # tokens its latest step runs
+    num_device_tokens: int = 0     # outputs known only on the device (async scheduling)
+    # Its latest step sampled a token that no later step has taken in yet: the one
+    # token a step may add as a device token.
+    has_device_sample: bool = False
 
     @property
     def next_start(self) -> int:
@@ -52,15 +61,9 @@ class CachedRequestState:
                             torch.device("cpu"))
 
     @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids) + self.num_device_tokens
+
+    @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
-
-    def token(self, i: int) -> int:
-        n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]
-
-    def tokens(self, start: int, end: int) -> list[int]:
-        n = len(self.prompt_token_ids)
-        if end <= n:
-            return self.prompt_token_ids[start:end]
-        return (self.prompt_token_ids + self.output_token_ids)[start:end]
+        return len(self.prompt_token_ids) + self.num_output_tokens

@@ -23,7 +23,7 @@ def gather_sampling_tensors(rows: RequestRows, inputs: StepInputs,
     """Tensors for the step's requests (in step order); None when a plain argmax is the
     whole answer (all greedy: no penalties, logprobs or min_tokens bans)."""
     params = [s.sampling_params for s in states]
-    banned = [banned_ids(p, len(s.output_token_ids), hf_config.eos_token_ids)
+    banned = [banned_ids(p, s.num_output_tokens, hf_config.eos_token_ids)
               for p, s in zip(params, states, strict=True)]
     any_penalty = any(p.repetition_penalty != 1.0 or p.presence_penalty
                       or p.frequency_penalty for p in params)

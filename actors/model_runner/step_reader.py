@@ -38,6 +38,8 @@ class RunnerLimits:
     max_model_len: int
     max_num_reqs: int
     max_num_tokens: int
+    # Async scheduling: steps may add a request's last sampled token as a device token.
+    accepts_device_tokens: bool = False
 
     @property
     def max_blocks_per_req(self) -> int:
@@ -57,7 +59,8 @@ class RequestStep(NamedTuple):
     new_block_ids: list[int]         # blocks appended to its table (new: the whole table)
     num_computed_tokens: int         # tokens with K/V before this step: where it starts
     num_scheduled_tokens: int        # tokens it runs this step
-    num_tokens: int                  # its known sequence length once the diff is applied
+    num_tokens: int                  # its sequence length once the diff is applied
+    num_device_tokens: int = 0       # of the tokens it gains, those read from the device row
 
     @property
     def is_new(self) -> bool:
@@ -122,7 +125,7 @@ def _check_ids(req_id: str, what: str, ids: object, limit: int, where: str) -> l
 
 def _record(req_id: str, new: NewRequestData | None, tokens: list[int], blocks: list[int],
             start: int, num_scheduled: int, num_tokens: int, num_blocks: int,
-            limits: RunnerLimits) -> RequestStep:
+            limits: RunnerLimits, num_device: int = 0) -> RequestStep:
     """The record, once the tokens it runs are known to exist and fit its blocks."""
     end = start + num_scheduled
     if end > num_tokens:
@@ -137,7 +140,7 @@ def _record(req_id: str, new: NewRequestData | None, tokens: list[int], blocks: 
     if end > limits.max_model_len:
         raise _fail(f"request {req_id!r}: {end} tokens exceed max_model_len "
                     f"{limits.max_model_len}")
-    return RequestStep(req_id, new, tokens, blocks, start, num_scheduled, num_tokens)
+    return RequestStep(req_id, new, tokens, blocks, start, num_scheduled, num_tokens, num_device)
 
 
 def _read_new(new: object, states: Mapping[str, CachedRequestState], finished: set[str],
@@ -166,26 +169,49 @@ def _read_new(new: object, states: Mapping[str, CachedRequestState], finished: s
                    num_scheduled, len(prompt) + len(output), len(blocks), limits)
 
 
+def _check_device_tokens(req_id: str, num_device: object, tokens: list[int],
+                         state: CachedRequestState, limits: RunnerLimits) -> int:
+    """A request may take in only the one token its latest step sampled, and only as the
+    sole token it gains (host values before it would leave it at the wrong position)."""
+    if num_device == 0:
+        return 0
+    if type(num_device) is not int or num_device != 1:
+        raise _fail(f"request {req_id!r}: num_device_tokens={num_device!r}; a step adds at "
+                    "most the one token the request's previous step sampled")
+    if not limits.accepts_device_tokens:
+        raise _fail(f"request {req_id!r}: a device token needs async scheduling "
+                    "(SchedulerConfig.async_scheduling), which these runners have off")
+    if tokens:
+        raise _fail(f"request {req_id!r} gains host tokens and a device token in one step")
+    if not state.has_device_sample:
+        raise _fail(f"request {req_id!r}: a device token is added but its latest step "
+                    "sampled none, or a later step already took it in")
+    return 1
+
+
 def _read_cached(c: CachedRequestData, states: Mapping[str, CachedRequestState],
                  finished: set[str], limits: RunnerLimits, count: Callable[[object], int]
                  ) -> Iterator[RequestStep]:
     vocab, num_blocks = limits.vocab_size, limits.num_blocks
-    for req_id, tokens, blocks, start in zip(c.req_ids, c.new_token_ids, c.new_block_ids,
-                                             c.num_computed_tokens, strict=True):
+    device_counts = c.num_device_tokens or [0] * c.num_reqs  # empty: none this step
+    for req_id, tokens, blocks, start, device in zip(c.req_ids, c.new_token_ids,
+                                                     c.new_block_ids, c.num_computed_tokens,
+                                                     device_counts, strict=True):
         num_scheduled = count(req_id)
         state = states.get(req_id)
         if state is None or req_id in finished:
             raise _fail(f"unknown request {req_id!r} (never added or finished)")
         _check_ids(req_id, "new token ids", tokens, vocab, VOCAB)
         _check_ids(req_id, "block ids", blocks, num_blocks, CACHE)
+        num_device = _check_device_tokens(req_id, device, tokens, state, limits)
         expected = state.next_start
         if start != expected or type(start) is not int:
             raise _fail(f"request {req_id!r}: num_computed_tokens={start!r} but its steps so "
                         f"far ran tokens [0, {expected}): a step must start where the last "
                         "ended")
         yield _record(req_id, None, tokens, blocks, start, num_scheduled,
-                      len(state.prompt_token_ids) + len(state.output_token_ids) + len(tokens),
-                      len(state.block_ids) + len(blocks), limits)
+                      state.num_tokens + len(tokens) + num_device,
+                      len(state.block_ids) + len(blocks), limits, num_device)
 
 
 def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
@@ -201,7 +227,8 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
         raise _fail("num_scheduled_tokens must be a dict of request id -> token count")
     c = so.scheduled_cached_reqs
     if any(len(x) != c.num_reqs for x in (c.new_token_ids, c.new_block_ids,
-                                           c.num_computed_tokens)):
+                                           c.num_computed_tokens)) or (
+            c.num_device_tokens and len(c.num_device_tokens) != c.num_reqs):
         raise _fail("CachedRequestData lists differ in length")
     seen: set[str] = set()
 
@@ -256,6 +283,9 @@ def apply_step(plan: StepPlan, states: MutableMapping[str, CachedRequestState],
         else:
             state = states[rec.req_id]
             state.output_token_ids.extend(rec.new_token_ids)
+            state.num_device_tokens += rec.num_device_tokens
             state.block_ids.extend(rec.new_block_ids)
             state.num_computed_tokens = rec.num_computed_tokens
         state.num_scheduled_tokens = rec.num_scheduled_tokens
+        # What a later step may take in as a device token: this step's sample, if any.
+        state.has_device_sample = rec.samples

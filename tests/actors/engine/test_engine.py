@@ -132,8 +132,9 @@ async def test_pipeline_parallel_engine_keeps_two_batches_in_flight_with_the_sam
         tiny_llama):
     async with await AsyncEngine.create(config(tiny_llama, max_num_seqs=4)) as engine:
         alone = [await tokens(engine, ids, p) for ids, p in JOBS[:4]]
-    async with await AsyncEngine.create(config(tiny_llama, backend="mp", pp=2,
-                                               max_num_seqs=4)) as engine:
+    # Synchronous steps (async scheduling: test_async_engine.py keeps three in flight).
+    async with await AsyncEngine.create(config(tiny_llama, backend="mp", pp=2, max_num_seqs=4,
+                                               async_scheduling=False)) as engine:
         assert engine.executor.max_concurrent_batches == 2
         together = await asyncio.gather(*(tokens(engine, ids, p) for ids, p in JOBS[:4]))
         assert engine.peak_in_flight == 2

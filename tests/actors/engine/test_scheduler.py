@@ -61,6 +61,8 @@ class RunnerMirror:
 
 
 def make(num_blocks=64, block_size=4, max_model_len=128, **cfg) -> tuple[Scheduler, RunnerMirror]:
+    """A scheduler (synchronous unless ``async_scheduling=True``: test_async_scheduler.py)."""
+    cfg.setdefault("async_scheduling", False)
     sched = Scheduler(SchedulerConfig(**cfg), num_blocks, block_size, max_model_len, [EOS])
     return sched, RunnerMirror(sched)
 

@@ -27,12 +27,14 @@ GREEDY = SamplingParams(temperature=0.0)
 
 
 def make_runner(path: Path | str, block_size: int = 4, num_blocks: int = 64,
-                max_tokens: int = 256, max_seqs: int = 8, **model_kw: object) -> ModelRunner:
+                max_tokens: int = 256, max_seqs: int = 8, async_scheduling: bool = True,
+                **model_kw: object) -> ModelRunner:
     """A world-size-1 runner with its model loaded and KV cache allocated."""
     config = Config(model=ModelConfig(model=str(path), **model_kw),
                     cache=CacheConfig(block_size=block_size, num_blocks_override=num_blocks),
                     scheduler=SchedulerConfig(max_num_batched_tokens=max_tokens,
-                                              max_num_seqs=max_seqs))
+                                              max_num_seqs=max_seqs,
+                                              async_scheduling=async_scheduling))
     from actorexec.actors.model.hf_config import read_hf_config
     layers = read_hf_config(path).num_layers
     runner = ModelRunner(config, torch.device("cpu"), ParallelContext.single(layers))
