@@ -18,6 +18,7 @@ from actorexec.protocol import (
     Config,
     ModelConfig,
     ParallelConfig,
+    RestartConfig,
     SamplingParams,
     SchedulerConfig,
 )
@@ -40,7 +41,8 @@ def config(model: Path) -> Config:
                   parallel=ParallelConfig(pipeline_parallel_size=2,
                                           distributed_executor_backend="mp",
                                           worker_start_timeout_s=120),
-                  scheduler=SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=8))
+                  scheduler=SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=8),
+                  restart=RestartConfig(enabled=False))  # fail-stop: what the kill test checks
 
 
 def greedy(n: int) -> SamplingParams:
