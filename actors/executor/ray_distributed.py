@@ -136,9 +136,11 @@ class RayDistributedExecutor(Executor):
         if ray.is_initialized():
             return
         address = self.parallel_config.ray_address or os.environ.get("RAY_ADDRESS")
-        self._owns_ray = address is None  # a local cluster we start is ours to stop
+        # None given: a fresh local one-node cluster ("local"; never one found lying around
+        # on this machine), ours to stop at shutdown.
+        self._owns_ray = address is None
         await asyncio.to_thread(functools.partial(
-            ray.init, address=address, logging_level=logging.WARNING,
+            ray.init, address=address or "local", logging_level=logging.WARNING,
             **({} if address else {"include_dashboard": False})))
 
     async def _placed(self, bundle: dict[str, float]) -> None:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,10 +90,13 @@ def in_ns(ns: str, *cmd: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *cmd]
 
 
-def ray_start(ns: str, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+def ray_start(ns: str, env: dict[str, str], temp_dir: Path,
+              *args: str) -> subprocess.Popen[bytes]:
+    """``ray start`` in ``ns``; its session files (and the "current cluster" address file
+    that a later local ``ray.init()`` would read) go to ``temp_dir``, removed afterwards."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     return subprocess.Popen(in_ns(ns, ray_cli, "start", "--block", "--num-cpus", "1",
-                                  "--disable-usage-stats", *args),
+                                  "--disable-usage-stats", f"--temp-dir={temp_dir}", *args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
 
@@ -108,9 +112,10 @@ def test_pp2_with_one_stage_per_network_namespace_gives_the_single_rank_tokens(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path]),
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
-    head = ray_start(ns_a, env, "--head", f"--node-ip-address={HEAD_IP}", f"--port={GCS_PORT}",
-                     "--include-dashboard=false")
-    node = ray_start(ns_b, env, f"--address={HEAD_IP}:{GCS_PORT}",
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-netns-", dir="/tmp"))  # short: socket paths
+    head = ray_start(ns_a, env, temp_dir, "--head", f"--node-ip-address={HEAD_IP}",
+                     f"--port={GCS_PORT}", "--include-dashboard=false")
+    node = ray_start(ns_b, env, temp_dir, f"--address={HEAD_IP}:{GCS_PORT}",
                      f"--node-ip-address={NODE_IP}")
     try:
         driver = subprocess.run(
@@ -127,3 +132,6 @@ def test_pp2_with_one_stage_per_network_namespace_gives_the_single_rank_tokens(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        kill_everything_in(ns_a)
+        kill_everything_in(ns_b)
+        shutil.rmtree(temp_dir, ignore_errors=True)
