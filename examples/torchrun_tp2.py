@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 
 from actorexec.actors.engine import AsyncEngine, ensure_default_model
 from actorexec.protocol import (
@@ -47,8 +48,10 @@ async def main(args: argparse.Namespace) -> None:
             async with stream:
                 outs = [out async for out in stream]
             if rank == 0 or args.all_ranks:
-                print(json.dumps({"rank": rank, "request": stream.request_id,
-                                  "tokens": outs[-1].token_ids}), flush=True)
+                # One write per line: the ranks share stdout (torchrun runs them unbuffered).
+                sys.stdout.write(json.dumps({"rank": rank, "request": stream.request_id,
+                                             "tokens": outs[-1].token_ids}) + "\n")
+                sys.stdout.flush()
 
 
 if __name__ == "__main__":
