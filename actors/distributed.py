@@ -23,7 +23,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from actorexec.actors.model.hf_config import read_hf_config
+from actorexec.actors.model.hf_config import read_hf_config, resolve_max_model_len
 from actorexec.actors.model.parallel import ParallelContext, split_layers
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError
@@ -31,8 +31,10 @@ from actorexec.runtime.endpoints import interface_of
 
 
 def validate_parallel(config: Config) -> None:
-    """Raises ConfigError saying what to change if the model cannot split this way."""
+    """Raises ConfigError saying what to change if the model cannot split this way (or
+    cannot run at this max_model_len: a sliding window it could outgrow)."""
     hf = read_hf_config(config.model.model)
+    resolve_max_model_len(hf, config.model.max_model_len)
     p = config.parallel
     tp, pp = p.tensor_parallel_size, p.pipeline_parallel_size
     if hf.num_heads % tp:

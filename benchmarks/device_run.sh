@@ -4,7 +4,8 @@
 # scripts/device_wheels.sh) with the call.
 #   parts: tests (every gpu-marked test), decode (decode_latency.py),
 #          parallel (parallel_throughput.py), profile (profile_step.py),
-#          kernels (attention_kernels.py); default: tests decode
+#          kernels (attention_kernels.py), rpc (rpc_roundtrip.py),
+#          restart (restart_recovery.py); default: tests decode
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
@@ -34,8 +35,14 @@ for part in $parts; do
     parallel)
         (cd benchmarks && python3 parallel_throughput.py --out "$OUT/parallel_throughput.json") \
             2>&1 | tee "$OUT/parallel_throughput.log" ;;
+    rpc)
+        (cd benchmarks && timeout 600 python3 rpc_roundtrip.py --out "$OUT/rpc_roundtrip.json") \
+            2>&1 | tee "$OUT/rpc_roundtrip.log" ;;
     profile)
         (cd benchmarks && python3 profile_step.py --out "$OUT/profile_step.json") 2>&1 \
             | tee "$OUT/profile_step.log" ;;
+    restart)
+        (cd benchmarks && timeout 500 python3 restart_recovery.py ${RESTART_ARGS:-} \
+            --out "$OUT/restart_recovery.json") 2>&1 | tee "$OUT/restart_recovery.log" ;;
     esac
 done

@@ -1,14 +1,16 @@
 """Round trip of ``collective_rpc`` to mp and ray workers vs. raw pyzmq and plain Ray calls.
 
-Measures median and p99 of: a no-op (``check_health``) and a 256-request decode
-``SchedulerOutput`` (``execute_model`` on a test worker that returns a small
-ModelRunnerOutput without a model), to 1 and 2 workers, on the default loop and
-on uvloop, for the ``mp`` backend (ipc, and tcp on 127.0.0.1) and, when Ray is
-installed, the ``ray`` backend (a local one-node Ray cluster; tcp to the node
-IP). Baselines in the same run: the same encoded bytes echoed through one raw
-pyzmq DEALER/ROUTER pair (thread peer), and sent as plain Ray actor calls
-(``actor.execute_model.remote(bytes)`` to every rank, awaited together; the
-actor decodes the step and returns the same encoded reply our worker sends).
+Measures median and p99 of: a no-op (``check_health``, answered from each
+worker's loop) and a 256-request decode ``SchedulerOutput`` (``execute_model``
+on a test worker that returns a small ModelRunnerOutput without a model; every
+rank answers, the output rank with the output), to 1 and 2 workers, on the
+default loop and on uvloop, for the ``mp`` backend (ipc, and tcp on 127.0.0.1)
+and, when Ray is installed, the ``ray`` backend (a local one-node Ray cluster;
+tcp to the node IP). Baselines in the same run: the same encoded bytes echoed
+through one raw pyzmq DEALER/ROUTER pair (thread peer), and sent as plain Ray
+actor calls (``actor.execute_model.remote(bytes)`` to every rank, awaited
+together; the actor decodes the step and returns the same encoded reply our
+worker sends).
 Usage: python benchmarks/rpc_roundtrip.py [--iters 2000] [--no-ray] [--out PATH]
 """
 

@@ -16,6 +16,7 @@ from actorexec.protocol import (
     DeviceConfig,
     ModelConfig,
     ParallelConfig,
+    RestartConfig,
     SchedulerConfig,
 )
 
@@ -39,6 +40,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64, metavar="N",
                         help="most requests in one step")
     parser.add_argument("--seed", type=int, default=0, help="worker seed (unseeded sampling)")
+    restart = RestartConfig()
+    parser.add_argument("--max-restarts", type=int, default=restart.max_restarts, metavar="N",
+                        help="restart a failed executor (a worker died) at most N times within "
+                        f"{restart.window_s:g} s, resuming every request (0: fail at once)")
 
 
 def resolve_model(model: str | None) -> tuple[str, str]:
@@ -76,6 +81,8 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> Config:
     for name in ("tp", "pp", "max_num_seqs"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_restarts < 0:
+        raise UsageError("--max-restarts must be at least 0")
     try:
         return Config(
             model=ModelConfig(model=model_dir, max_model_len=args.max_model_len, seed=args.seed),
@@ -83,6 +90,7 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> Config:
             parallel=ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp,
                                     distributed_executor_backend=args.backend),
             scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),
-            device=DeviceConfig(device=args.device))
+            device=DeviceConfig(device=args.device),
+            restart=RestartConfig(max_restarts=args.max_restarts))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

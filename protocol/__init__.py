@@ -12,6 +12,7 @@ from .config import (
     DeviceConfig,
     ModelConfig,
     ParallelConfig,
+    RestartConfig,
     SchedulerConfig,
 )
 from .errors import (
@@ -24,6 +25,7 @@ from .errors import (
     MethodNotAllowedError,
     ProtocolError,
     RemoteError,
+    RequestFailedError,
 )
 from .kv_cache import KVCacheConfig, KVCacheGroupSpec, KVCacheSpec
 from .outputs import ModelRunnerOutput, StepTiming, TokenLogprobs
@@ -35,7 +37,8 @@ __all__ = [
     "Config", "ConfigError", "DeviceConfig", "ExecutorFailedError", "InvalidRequestError",
     "KVCacheConfig", "KVCacheGroupSpec", "KVCacheSpec", "MethodNotAllowedError", "ModelConfig",
     "ModelRunnerOutput", "NewRequestData", "ParallelConfig", "ProtocolError", "RemoteError",
-    "SamplingParams", "SchedulerConfig", "SchedulerOutput", "StepTiming", "TokenLogprobs",
+    "RequestFailedError", "RestartConfig", "SamplingParams", "SchedulerConfig", "SchedulerOutput",
+    "StepTiming", "TokenLogprobs",
 ]
 
 # Plumbing that other layers still import from the package root; it is not

@@ -29,6 +29,7 @@ DEVICES = ("cpu", "cuda")
 TRANSPORTS = ("ipc", "tcp")
 ZMQ_BACKENDS = ("auto", "aiozmq", "pyzmq")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's names
+MAX_BACKOFF_S = 60.0  # a restart never waits longer than this
 
 
 _choice = check_choice
@@ -195,6 +196,29 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         _choice("DeviceConfig", "device", self.device, DEVICES)
 
 
+class RestartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Whether the engine restarts a failed executor, and how often.
+
+    When the executor fails (a worker died, the ranks diverged, the watchdog
+    fired), the engine replaces it with a fresh one and resumes every request by
+    recompute, at most ``max_restarts`` times within any ``window_s`` seconds;
+    past that, or with ``enabled=False``, it fails as before (every stream raises
+    the executor's error). Before the k-th restart in the window it waits
+    ``backoff_s * 2**(k-1)`` seconds (at most ``MAX_BACKOFF_S``).
+    """
+
+    enabled: bool = True
+    max_restarts: int = 3
+    window_s: float = 300.0
+    backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_bool("RestartConfig", "enabled", self.enabled)
+        check_int("RestartConfig", "max_restarts", self.max_restarts, 0)
+        _positive("RestartConfig", "window_s", self.window_s)
+        check_float("RestartConfig", "backoff_s", self.backoff_s, 0.0, MAX_BACKOFF_S)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything an executor and its workers need, passed whole to each worker."""
 
@@ -203,11 +227,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     parallel: ParallelConfig = msgspec.field(default_factory=ParallelConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     device: DeviceConfig = msgspec.field(default_factory=DeviceConfig)
+    restart: RestartConfig = msgspec.field(default_factory=RestartConfig)
     profile_dir: str | None = None
 
     def __post_init__(self) -> None:
         parts = (("model", ModelConfig), ("cache", CacheConfig), ("parallel", ParallelConfig),
-                 ("scheduler", SchedulerConfig), ("device", DeviceConfig))
+                 ("scheduler", SchedulerConfig), ("device", DeviceConfig),
+                 ("restart", RestartConfig))
         for name, kind in parts:
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"Config.{name} must be a {kind.__name__}")

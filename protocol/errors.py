@@ -66,5 +66,11 @@ class ExecutorFailedError(ActorexecError):
     """The executor lost a worker earlier; every later call raises this at once."""
 
 
+class RequestFailedError(ActorexecError):
+    """The engine gave up on this one request: the executor failed repeatedly while it was
+    in flight and it made no progress in between (see docs/engine.md, "Restarts"). Other
+    requests go on; only this stream raises."""
+
+
 class ActorClosedError(ActorexecError):
     """The actor or ref was shut down; the call was not (or no longer) delivered."""

@@ -90,9 +90,9 @@ class Actor:
     """
 
     rpc_methods: ClassVar[Mapping[str, Exposed]] = {}
+    allow_callable_rpc: bool = False
 
     def __init__(self) -> None:
-        self.allow_callable_rpc = False
         self.phase: Phase = "created"
         self._stop_requested = False
         self._work_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -137,10 +137,14 @@ class Actor:
         """
 
     async def on_stop(self) -> None:
-        """Runs after the last reply has left (also when the host shuts down)."""
+        """Runs after an orderly stop (its ``shutdown`` call), once the last reply has left.
+        Not after a failure, nor when the host cancels the actor: the work thread may be
+        stuck then, and clean-up that waits for it would hang."""
 
     def request_stop(self) -> None:
-        """Ask the host to stop after the current call's reply has been sent."""
+        """Ask the host to stop after the current call's reply has been sent; later calls
+        are refused. Call it from a loop method (as ``shutdown`` does): the mailbox checks
+        it after each call it takes."""
         self._stop_requested = True
 
     @property

@@ -155,7 +155,20 @@ class Mailbox:
                 await self._outbox_changed.wait()
                 continue
             head = self._outbox[0]
-            ok, value = await _outcome(head.result)
+            ok, value = True, None
+            try:
+                value = await head.result
+                if isinstance(value, concurrent.futures.Future):  # reply later (thread=True)
+                    value = await asyncio.wrap_future(value)
+                elif inspect.isawaitable(value):
+                    value = await value
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the replier itself is being cancelled
+                ok, value = False, ActorClosedError("the call was cancelled before it replied")
+            except Exception as exc:
+                ok, value = False, exc
             head.sink(head.call, ok, value)  # may raise: fatal, and head is still unanswered
             self._outbox.popleft()
         self._replied_all.set()
@@ -168,8 +181,8 @@ class Mailbox:
         try:
             fn = self._bind(call, payload)
             if exposed.thread:
-                return self.actor.run_on_work_thread(call.method, fn,
-                                                     functools.partial(_check_deadline, call))
+                check = None if call.deadline is None else functools.partial(_check_deadline, call)
+                return self.actor.run_on_work_thread(call.method, fn, check)
             _check_deadline(call)
             value = fn()
             if inspect.isawaitable(value):
@@ -223,8 +236,9 @@ class Mailbox:
     def _fail_unanswered(self, error: BaseException) -> None:
         """Every call started or queued but not answered gets ``error`` (best effort)."""
         unanswered = [(s.call, s.sink) for s in self._outbox]
-        for started in self._outbox:
-            started.result.add_done_callback(_retrieve)  # work still running on the thread
+        for started in self._outbox:  # owned here: an async handler's task is cancelled
+            started.result.add_done_callback(_retrieve)
+            started.result.cancel()  # (work already running on the thread runs to its end)
         self._outbox.clear()
         while not self._inbox.empty():
             call, _, sink = self._inbox.get_nowait()
@@ -236,20 +250,3 @@ class Mailbox:
                 logger.error("%s: could not fail call %s: %s", type(self.actor).__name__,
                              call.call_id, exc)
 
-
-async def _outcome(fut: asyncio.Future[Any]) -> tuple[bool, Any]:
-    """(True, value) or (False, exception) of a started call, reply-later results awaited."""
-    try:
-        value = await fut
-        if isinstance(value, concurrent.futures.Future):
-            value = await asyncio.wrap_future(value)
-        elif inspect.isawaitable(value):
-            value = await value
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # the replier itself is being cancelled
-        return False, ActorClosedError("the call was cancelled before it replied")
-    except Exception as exc:
-        return False, exc
-    return True, value

@@ -40,3 +40,22 @@ def _index_scalars_with_numpy_2_4() -> None:
                        lambda self: int(self.handle.data.reshape(-1)[0]))
 
     interpreter._patch_lang_tensor = patched
+
+
+def run_kernel_check(script: str) -> None:
+    """Runs ``script`` in a fresh interpreter with the interpreter switched on where there is
+    no CUDA (it must be on before triton is first imported, so not in the test process,
+    whose other tests keep the compiled paths); the script prints ``ok`` when it passes."""
+    import subprocess
+    import textwrap
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    prelude = ("import sys\n"
+               f"sys.path.insert(0, {root!r})\n"
+               "from tests.triton_interpret import use_triton_interpreter\n"
+               "use_triton_interpreter()\n")
+    out = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok" in out.stdout

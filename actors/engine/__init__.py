@@ -17,6 +17,7 @@ from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from .engine import AsyncEngine, EngineStats
+    from .supervisor import RestartRecord
 
 
 def __getattr__(name: str) -> Any:
@@ -25,11 +26,15 @@ def __getattr__(name: str) -> Any:
         from . import engine
 
         return getattr(engine, name)
+    if name == "RestartRecord":
+        from . import supervisor
+
+        return supervisor.RestartRecord
     raise AttributeError(name)
 
 
 __all__ = [
     "AsyncEngine", "BlockPool", "ByteTokenizer", "EngineStats", "FinishReason", "Request",
-    "RequestOutput", "RequestStatus", "RequestStream", "Scheduler", "Tokenizer",
+    "RequestOutput", "RequestStatus", "RequestStream", "RestartRecord", "Scheduler", "Tokenizer",
     "default_model_dir", "ensure_default_model", "load_tokenizer",
 ]

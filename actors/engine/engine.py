@@ -8,18 +8,20 @@ calls only enqueue and read a per-request queue, so thousands of concurrent
 streams cost one loop task, not one task each. Each request's text is
 detokenized incrementally and checked for stop strings here, in the loop
 (``TextStream``), so a stop string finishes the request in the step it appears.
+If the executor fails, the loop hands over to the supervisor (supervisor.py),
+which replaces the executor; every request then resumes by recompute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from actorexec.actors.executor import Executor
-from actorexec.actors.model.hf_config import read_hf_config
+from actorexec.actors.model.hf_config import read_hf_config, resolve_max_model_len
 from actorexec.protocol import (
     ActorClosedError,
     Config,
@@ -37,6 +39,7 @@ from .request import FinishReason, Request, RequestOutput
 from .request_stream import RequestStream, StreamState
 from .scheduler import Scheduler
 from .stop_strings import validate_stop_strings
+from .supervisor import ExecutorSupervisor, RestartRecord, start_executor
 from .text_stream import TextStream
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -70,8 +73,9 @@ class AsyncEngine:
     and returns its ``RequestStream`` (what a server wants: errors before any
     response is sent); ``generate()`` does the same on its first iteration. An
     invalid request raises ``InvalidRequestError`` and nothing else is
-    affected. If the executor fails, every live stream raises the executor's
-    error and later calls raise at once.
+    affected. If the executor fails, it is replaced and every request resumes
+    (``Config.restart``); once the restart budget is spent, every live stream
+    raises the executor's error and later calls raise at once.
     """
 
     def __init__(self, config: Config, executor: Executor, kv_cache_config: KVCacheConfig,
@@ -82,7 +86,7 @@ class AsyncEngine:
         self.kv_cache_config = kv_cache_config
         self.tokenizer = tokenizer
         self.vocab_size = hf.vocab_size
-        self.max_model_len = config.model.max_model_len or hf.max_position_embeddings
+        self.max_model_len = resolve_max_model_len(hf, config.model.max_model_len)
         eos = set(hf.eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
@@ -94,8 +98,10 @@ class AsyncEngine:
         self._error: BaseException | None = None
         self._closing = False
         self.peak_in_flight = 0          # most steps ever in flight at once (pipelining check)
-        executor.register_failure_callback(self._on_executor_failure)
-        self._loop_task = asyncio.create_task(self._run(), name="actorexec-engine-loop")
+        self._supervisor = ExecutorSupervisor(config.restart)
+        self._restarting = False         # the executor failed and a fresh one is on its way
+        self._watch_executor()
+        self._loop_task = asyncio.create_task(self._supervise(), name="actorexec-engine-loop")
 
     @classmethod
     async def create(cls, config: Config, tokenizer: Tokenizer | str | None = "auto",
@@ -107,9 +113,8 @@ class AsyncEngine:
         check_spawn_safe(_spawns_workers(config))
         if tokenizer == "auto":     # before any worker starts: a bad tokenizer fails fast
             tokenizer = load_tokenizer(config.model.tokenizer or config.model.model)
-        executor = await Executor.create(config)
+        executor, kv_cache_config = await start_executor(config)
         try:
-            kv_cache_config = await executor.initialize_kv_cache()
             return cls(config, executor, kv_cache_config, tokenizer)  # type: ignore[arg-type]
         except BaseException:
             await executor.shutdown()
@@ -123,10 +128,20 @@ class AsyncEngine:
 
     @property
     def is_failed(self) -> bool:
-        """The executor failed (a worker died): no request can run any more."""
+        """The executor failed (a worker died) for good: no request can run any more."""
         if self._error is not None and not isinstance(self._error, ActorClosedError):
             return True
-        return self.executor.is_failed
+        return self.executor.is_failed and not self._restarting
+
+    @property
+    def is_restarting(self) -> bool:
+        """A fresh executor is replacing a failed one: streams pause, new requests queue."""
+        return self._restarting and self._error is None
+
+    @property
+    def restarts(self) -> list[RestartRecord]:
+        """Every executor restart so far, oldest first, as logged."""
+        return self._supervisor.restarts
 
     @property
     def num_free_blocks(self) -> int:
@@ -204,6 +219,14 @@ class AsyncEngine:
         await self.executor.shutdown()
 
     # ----------------------------------------------------------------- engine loop
+    async def _supervise(self) -> None:
+        """The loop task: the engine loop, and after an executor failure that may be
+        restarted, the restart and the loop again."""
+        while True:
+            await self._run()
+            if not self.is_restarting or not await self._restart_executor():
+                return
+
     async def _run(self) -> None:
         try:
             while self._error is None:
@@ -216,7 +239,8 @@ class AsyncEngine:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self._fail_all(exc)
+            if not self._restarting:     # else the supervisor takes over (_supervise)
+                self._fail_all(exc)
 
     def _submit(self) -> None:
         """Fills the pipeline: up to max_concurrent_batches steps of disjoint requests."""
@@ -272,8 +296,59 @@ class AsyncEngine:
             if req is not None and not req.is_finished:
                 req.finish_reason = FinishReason.ERROR
 
-    def _on_executor_failure(self, *args: Any) -> None:
+    # ----------------------------------------------------------- restart hooks
+    def _watch_executor(self) -> None:
+        self.executor.register_failure_callback(
+            functools.partial(self._on_executor_failure, self.executor))
+
+    def _on_executor_failure(self, executor: Executor) -> None:
+        """Runs once when ``executor`` fails, before the loop sees any error: decides
+        whether it is restarted (the in-flight requests are what it may be blamed on)."""
+        if executor is self.executor and self._error is None and not self._restarting:
+            in_flight = [req for req in self.scheduler.running if req.in_flight]
+            self._restarting = self._supervisor.on_failure(executor.failure, in_flight,
+                                                           set(self.scheduler.requests))
         self._wake.set()
+
+    async def _restart_executor(self) -> bool:
+        """Replaces the failed executor; every unfinished request waits to be recomputed.
+
+        Returns False (every stream ended with the executor's error) if no fresh
+        executor could be started.
+        """
+        for item in self._in_flight:     # failed with the executor; their tokens never came
+            if item.future.done() and not item.future.cancelled():
+                item.future.exception()
+        self._in_flight.clear()
+        cause = self.executor.failure or ExecutorFailedError("the executor failed")
+        try:
+            self.executor, self.kv_cache_config = await self._supervisor.replace(
+                self.executor, self.config)
+        except Exception as exc:
+            cause.add_note(f"restarting the executor failed: {exc!r}")
+            self._restarting = False
+            self._fail_all(cause)
+            return False
+        for req in self._supervisor.blamed:
+            self._fail_request(req.req_id, self._supervisor.blame_error(req))
+        for req in self.scheduler.requeue_all_for_recompute(self.kv_cache_config.num_blocks):
+            self._fail_request(req.req_id, InvalidRequestError(
+                f"request {req.req_id!r} no longer fits the restarted executor's KV cache "
+                f"({self.kv_cache_config.num_blocks} blocks)"))
+        self._supervisor.finish(num_resumed=len(self.scheduler.waiting))
+        self._restarting = False
+        self._watch_executor()           # after the swap: a failure from now on restarts again
+        return True
+
+    def _fail_request(self, req_id: str, exc: BaseException) -> None:
+        """Ends one request's stream with ``exc``; the others go on."""
+        stream = self._streams.get(req_id)
+        if stream is not None and not stream.done:
+            stream.done = True
+            stream.queue.put_nowait(exc)
+        req = self.scheduler.abort_request(req_id)
+        if req is not None:
+            req.finish_reason = FinishReason.ERROR
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

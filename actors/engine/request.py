@@ -18,7 +18,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"                # EOS or a stop token id
     LENGTH = "length"            # max_tokens or max_model_len
     ABORT = "abort"              # engine.abort() or the caller stopped reading
-    ERROR = "error"              # the executor failed
+    ERROR = "error"              # the executor failed (or, alone, this request: see restarts)
 
 
 @dataclass(eq=False)
@@ -46,6 +46,9 @@ class Request:
     num_sent_tokens: int = 0
     num_sent_blocks: int = 0
     num_preemptions: int = 0
+    # A suspect of repeated executor failures (engine/supervisor.py): runs only while no
+    # other isolated request runs, until it produces a token.
+    isolated: bool = False
 
     @property
     def num_tokens(self) -> int:

@@ -68,8 +68,7 @@ class Scheduler:
             raise InvalidRequestError(
                 f"request {req_id!r}: prompt of {n} tokens is longer than the maximum model "
                 f"length {self.max_model_len}")
-        # The last sampled token is never fed back, so it needs no KV slot.
-        longest = min(n + sampling_params.max_tokens, self.max_model_len + 1) - 1
+        longest = self._longest(n, sampling_params.max_tokens)
         if self.pool.blocks_for(longest) > self.pool.num_blocks:
             raise InvalidRequestError(
                 f"request {req_id!r} may reach {longest} tokens, more than the whole KV cache "
@@ -91,6 +90,41 @@ class Scheduler:
             return None
         self._finish(req, FinishReason.ABORT)
         return req
+
+    def requeue_all_for_recompute(self, num_blocks: int) -> list[Request]:
+        """The executor was replaced: every unfinished request waits to be recomputed.
+
+        As after a preemption, but for everyone and with nothing to tell the
+        runner (the fresh one knows no request): blocks and in-flight state are
+        dropped, each request is sent again as new with its prompt and the
+        outputs so far, in arrival order. The block pool is rebuilt with
+        ``num_blocks`` (the new KV cache may differ in size). Returns the
+        requests that no longer fit the new cache, finished with ``"error"``.
+        """
+        self.pool = BlockPool(num_blocks, self.pool.block_size)
+        self.running, self._to_drop = [], []
+        unfit: list[Request] = []
+        live: list[Request] = []
+        for req in list(self.requests.values()):
+            if req.is_finished:         # aborted while in flight: that output never comes
+                del self.requests[req.req_id]
+                continue
+            req.status = RequestStatus.WAITING
+            req.block_ids, req.num_computed_tokens, req.in_flight = [], 0, False
+            req.known_to_runner, req.num_sent_tokens, req.num_sent_blocks = False, 0, 0
+            longest = self._longest(len(req.prompt_token_ids), req.sampling_params.max_tokens)
+            fits = self.pool.blocks_for(longest) <= num_blocks
+            (live if fits else unfit).append(req)
+        self.waiting = deque(sorted(live, key=lambda r: r.arrival))
+        for req in unfit:
+            req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ERROR
+            del self.requests[req.req_id]
+        return unfit
+
+    def _longest(self, num_prompt_tokens: int, max_tokens: int) -> int:
+        """The most tokens a request may hold in the KV cache."""
+        # The last sampled token is never fed back, so it needs no KV slot.
+        return min(num_prompt_tokens + max_tokens, self.max_model_len + 1) - 1
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -125,6 +159,8 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[0]
+            if req.isolated and any(r.isolated for r in self.running):
+                break   # suspects of an executor failure run one at a time (supervisor.py)
             num_new = req.num_tokens
             if num_new > budget:
                 if not self.config.enable_chunked_prefill:
@@ -233,6 +269,7 @@ class Scheduler:
             new: list[int] = []
             for token in sampled.get(req_id, ()):
                 req.output_token_ids.append(token)
+                req.isolated = False        # it got past whatever it was suspected of
                 new.append(token)
                 reason = self._stop_reason(req, token)
                 if reason is not None:

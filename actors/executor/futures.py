@@ -44,6 +44,7 @@ class CollectiveReplies:
         self._on_broken = on_broken
         self._broken = False
         self._answered = 0
+        self._failed = 0
         self.result: asyncio.Future[Any] = self.futs[0].get_loop().create_future()
         for fut in self.futs:
             fut.add_done_callback(self._done)
@@ -52,6 +53,8 @@ class CollectiveReplies:
         _retrieve(fut)  # the caller sees failures through ``result`` (or the futures themselves)
         self._answered += 1
         error = None if fut.cancelled() else fut.exception()
+        if error is not None or fut.cancelled():
+            self._failed += 1
         if fut.cancelled():
             self._break(ExecutorFailedError(f"call {self.method!r} was cancelled on a rank"))
         elif isinstance(error, ActorFatalError):
@@ -72,19 +75,19 @@ class CollectiveReplies:
 
     def _judge(self) -> None:
         """Every rank has answered: the outcomes must agree."""
+        if self._failed == 0:
+            if not self.result.done():
+                self.result.set_result([f.result() for f in self.futs] if self.reply_rank is None
+                                       else self.futs[self.reply_rank].result())
+            return
         failed = [r for r, f in enumerate(self.futs) if f.cancelled() or f.exception()]
-        if failed and len(failed) < len(self.futs):
+        if len(failed) < len(self.futs):
             ok = [r for r in range(len(self.futs)) if r not in failed]
             first = self.futs[failed[0]]
             why = "cancelled" if first.cancelled() else repr(first.exception())
             self._break(ExecutorFailedError(
                 f"ranks diverged: call {self.method!r} succeeded on rank(s) {ok} and failed on "
                 f"rank(s) {failed} (rank {failed[0]}: {why}); their states may differ"))
-        if not failed and not self.result.done():
-            if self.reply_rank is None:
-                self.result.set_result([f.result() for f in self.futs])
-            else:
-                self.result.set_result(self.futs[self.reply_rank].result())
 
     def _break(self, error: BaseException) -> None:
         if self._broken:

@@ -67,5 +67,10 @@ class MultiprocExecutor(Executor):
             # Also on cancellation or error: nothing outlives the executor.
             for ref in self.refs:
                 ref.kill_now()
+            for ref in self.refs:
+                # The process handle's two pipes: closed now, not whenever the cyclic GC
+                # frees the refs (an engine that restarts its executor would pile them up).
+                if ref.process.exitcode is not None:
+                    ref.process.close()
             if self._dir is not None:
                 self._dir.cleanup()

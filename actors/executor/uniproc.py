@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from typing import ClassVar
 
 from actorexec.runtime import LocalRef
@@ -34,3 +36,12 @@ class UniProcExecutor(Executor):
         finally:
             for ref in self.refs:
                 await ref.close(grace_s)
+            # The worker (model, KV cache) lives in this process: drop it now, so that a
+            # fresh executor started next (an engine restart) sizes its KV cache from free
+            # device memory. A step still hung on the old work thread keeps what it
+            # references until it returns. (On the CPU the cache has a fixed budget.)
+            self.refs = []
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_initialized():
+                gc.collect()                # the actor's reference cycles
+                torch.cuda.empty_cache()    # back to the driver, where the sizing looks

@@ -15,6 +15,8 @@ Only decode steps (one token per request) replay; steps with prefill run eagerly
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +31,21 @@ def default_buckets(max_num_seqs: int) -> list[int]:
     sizes = [1, 2, 4, *range(8, 65, 8), *range(96, 1025, 32)]
     out = [b for b in sizes if b < max_num_seqs] + [max_num_seqs]
     return sorted(set(out))
+
+
+def capture_progress(total: int) -> Any:
+    """A tqdm bar for graph capture when stderr is a terminal (else None: logs only).
+
+    With a thread lock: tqdm's default multiprocessing lock leaves a /dev/shm
+    semaphore behind a SIGKILLed worker (see loader._progress).
+    """
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    if "_lock" not in vars(tqdm):
+        tqdm.set_lock(threading.RLock())
+    return tqdm(total=total, desc="capturing decode CUDA graphs", unit="graph")
 
 
 class DecodeGraphs:

@@ -28,7 +28,11 @@ from actorexec.actors.model.layers.attention import AttentionMetadata
 from actorexec.actors.model.llama import IntermediateTensors, LlamaForCausalLM
 from actorexec.actors.model.loader import load_model, resolve_dtype
 from actorexec.actors.model.parallel import ParallelContext
-from actorexec.actors.model_runner.cuda_graphs import DecodeGraphs, default_buckets
+from actorexec.actors.model_runner.cuda_graphs import (
+    DecodeGraphs,
+    capture_progress,
+    default_buckets,
+)
 from actorexec.actors.model_runner.device_state import RequestRows
 from actorexec.actors.model_runner.input_batch import InputBuffers, StepInputs
 from actorexec.actors.model_runner.phase_clock import PhaseClock
@@ -75,7 +79,9 @@ class ModelRunner:
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.kv_cache_config: KVCacheConfig | None = None
         self.requests: dict[str, CachedRequestState] = {}
-        self.rows = RequestRows(self.max_num_reqs, self.max_model_len,
+        # Live requests may exceed one step's max_num_seqs while several steps are in flight
+        # (one per pipeline stage, plus one with async scheduling): rows for all of them.
+        self.rows = RequestRows(self.max_num_reqs * (parallel.pp_size + 1), self.max_model_len,
                                 -(-self.max_model_len // self.block_size), device)
         self.buffers = InputBuffers(self.max_num_tokens, self.max_num_reqs, self.rows,
                                     self.block_size, device)
@@ -171,8 +177,14 @@ class ModelRunner:
         sizes = sizes or [b for b in default_buckets(self.max_num_reqs)
                           if b <= self.max_num_tokens]
         graphs = DecodeGraphs(self._graph_forward, self.device)
-        with torch.inference_mode():
-            graphs.capture(sizes, self.buffers.pad_only, self.compute_stream)
+        bar = capture_progress(len(sizes))
+        try:
+            with torch.inference_mode():
+                graphs.capture(sizes, self.buffers.pad_only, self.compute_stream,
+                               progress=None if bar is None else lambda i, n: bar.update(1))
+        finally:
+            if bar is not None:
+                bar.close()
         self.graphs = graphs
 
     def _graph_forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +220,7 @@ class ModelRunner:
         if len(self.requests) - len(gone) + added > rows.max_reqs:
             raise InvalidRequestError(
                 f"step would leave {len(self.requests) - len(gone) + added} live requests; the "
-                f"runner holds at most max_num_seqs={rows.max_reqs}")
+                f"runner holds at most {rows.max_reqs} (max_num_seqs x (pipeline stages + 1))")
         before = {rec.req_id: (self.requests[rec.req_id].num_tokens,
                                len(self.requests[rec.req_id].block_ids))
                   for rec in plan.requests if not rec.is_new}

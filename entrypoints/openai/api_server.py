@@ -74,6 +74,10 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         if engine.is_failed:
             return APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the engine has failed",
                             type="service_unavailable", code="engine_failed").response()
+        if engine.is_restarting:        # degraded: requests queue and resume after it
+            return APIError(HTTPStatus.SERVICE_UNAVAILABLE, "degraded: the engine is "
+                            "restarting its executor; requests are queued meanwhile",
+                            type="service_unavailable", code="engine_restarting").response()
         return Response(status_code=200)
 
     async def prometheus(request: Request) -> Response:

@@ -92,11 +92,12 @@ def test_python_m_entrypoints_and_the_console_script_show_help():
     assert result.returncode == 0 and "--served-model-name" in result.stdout
 
 
-def test_a_worker_death_during_generate_is_reported_once(cache):
+def test_with_restarts_off_a_worker_death_during_generate_is_reported_once(cache):
     from tests.entrypoints.server import children, cmdline
 
-    proc = subprocess.Popen([*CLI, "generate", "--backend", "mp", "--lines", "--max-tokens",
-                             "900", "--ignore-eos", "One", "Two", "Three"],
+    proc = subprocess.Popen([*CLI, "generate", "--backend", "mp", "--max-restarts", "0",
+                             "--lines", "--max-tokens", "900", "--ignore-eos",
+                             "One", "Two", "Three"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "ACTOREXEC_CACHE": str(cache)})
     assert proc.stdout is not None

@@ -12,6 +12,7 @@ from actorexec.protocol import (
     DeviceConfig,
     ModelConfig,
     ParallelConfig,
+    RestartConfig,
     SamplingParams,
     SchedulerConfig,
 )
@@ -22,7 +23,8 @@ def test_config_round_trips_through_msgpack_unchanged() -> None:
     config = Config(model=ModelConfig(model="/m", dtype="bfloat16"),
                     parallel=ParallelConfig(tensor_parallel_size=2, pipeline_parallel_size=2,
                                             pipeline_layer_split=(3, 1)),
-                    cache=CacheConfig(block_size=8))
+                    cache=CacheConfig(block_size=8),
+                    restart=RestartConfig(max_restarts=5, window_s=60.0, backoff_s=0.0))
     decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(config), type=Config)
     assert decoded == config
     assert decoded.parallel.world_size == 4
@@ -43,6 +45,13 @@ def test_config_round_trips_through_msgpack_unchanged() -> None:
     lambda: ParallelConfig(worker_cls="no_colon"),
     lambda: SchedulerConfig(max_num_seqs=0),
     lambda: DeviceConfig(device="tpu"),
+    lambda: RestartConfig(max_restarts=-1),
+    lambda: RestartConfig(max_restarts=True),
+    lambda: RestartConfig(window_s=0.0),
+    lambda: RestartConfig(backoff_s=-0.1),
+    lambda: RestartConfig(backoff_s=math.inf),
+    lambda: RestartConfig(enabled=1),
+    lambda: Config(model=ModelConfig(model="/m"), restart=ParallelConfig()),
     lambda: Config(model=ModelConfig(model="/m"),
                    parallel=ParallelConfig(tensor_parallel_size=2,
                                            distributed_executor_backend="uni")),

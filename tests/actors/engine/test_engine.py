@@ -23,6 +23,7 @@ from actorexec.protocol import (
     InvalidRequestError,
     ModelConfig,
     ParallelConfig,
+    RestartConfig,
     SamplingParams,
     SchedulerConfig,
 )
@@ -155,8 +156,10 @@ async def test_generation_stops_at_max_model_len(tiny_llama):
         assert len(outs[-1].token_ids) == 4 and outs[-1].finish_reason is FinishReason.LENGTH
 
 
-async def test_an_executor_failure_ends_every_stream_with_an_error(tiny_llama):
-    async with await AsyncEngine.create(config(tiny_llama, backend="mp")) as engine:
+async def test_with_restarts_off_an_executor_failure_ends_every_stream_with_an_error(
+        tiny_llama):
+    cfg = config(tiny_llama, backend="mp").replace(restart=RestartConfig(enabled=False))
+    async with await AsyncEngine.create(cfg) as engine:
         started = asyncio.Event()
 
         async def consume(i: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from actorexec.actors.executor import Executor
 from actorexec.actors.worker import WorkerHealth
-from actorexec.protocol import ExecutorFailedError
+from actorexec.protocol import ConfigError, ExecutorFailedError, ParallelConfig
 from actorexec.runtime import ActorFatalError
 
 from .test_executor import make_config, step
@@ -64,3 +64,11 @@ async def test_steps_may_reply_later_while_the_worker_takes_the_next_step(monkey
         assert time.monotonic() - start < 2.0  # 3.0 s if each waited for the one before
         healths = await ex.check_health()
         assert [h.steps_done for h in healths] == [6, 6]
+
+
+def test_step_timeout_s_is_positive_or_none():
+    assert ParallelConfig().step_timeout_s == 300.0
+    assert ParallelConfig(step_timeout_s=None).step_timeout_s is None
+    for bad in (0, -1.0, "5"):
+        with pytest.raises(ConfigError, match="step_timeout_s"):
+            ParallelConfig(step_timeout_s=bad)

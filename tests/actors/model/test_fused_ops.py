@@ -7,21 +7,14 @@ rest of the suite keeps the normal torch paths). Skipped when triton is absent.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("triton")
 
-CHECK = textwrap.dedent("""
-    import sys, torch
-    sys.path.insert(0, ROOT)
-    from tests.triton_interpret import use_triton_interpreter
-    use_triton_interpreter()
+from tests.triton_interpret import run_kernel_check
+
+CHECK = """
+    import torch
     from actorexec.actors.model.layers import fused_ops as f
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -73,20 +66,8 @@ CHECK = textwrap.dedent("""
             assert torch.allclose(k.float(), rk.float(), atol=tol, rtol=tol)
             assert torch.allclose(cache.float(), ref_cache.float(), atol=tol, rtol=tol)
     print("ok")
-""")
+"""
 
 
 def test_fused_kernels_equal_their_torch_references() -> None:
-    env = dict(os.environ)
-    try:
-        import torch
-        cuda = torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        cuda = False
-    if not cuda:
-        env["TRITON_INTERPRET"] = "1"
-    root = str(Path(__file__).resolve().parents[3])
-    out = subprocess.run([sys.executable, "-c", CHECK.replace("ROOT", repr(root))], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "ok" in out.stdout
+    run_kernel_check(CHECK)

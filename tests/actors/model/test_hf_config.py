@@ -4,6 +4,7 @@ unless max_model_len keeps every sequence inside the window."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,15 @@ def test_a_sliding_window_model_inside_its_window_matches_transformers(tmp_path)
     prompt = [1, 5, 9, 33, 77, 4, 12]
     sim.add("w", prompt, SamplingParams(temperature=0.0), max_tokens=9)   # 16 tokens in all
     assert sim.run()["w"] == hf_greedy(str(path), prompt, 9)
+
+
+async def test_executor_create_refuses_an_outgrown_window_before_any_process_starts(tmp_path):
+    from actorexec.actors.executor import Executor
+    from actorexec.protocol import Config, ModelConfig, ParallelConfig
+    path = write_config(tmp_path, "MistralForCausalLM", **MISTRAL_V01)
+    config = Config(model=ModelConfig(model=str(path)),
+                    parallel=ParallelConfig(distributed_executor_backend="mp"))
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ConfigError, match="sliding-window"):
+        await Executor.create(config)
+    assert set(multiprocessing.active_children()) == before

@@ -3,21 +3,14 @@ torch path, for prefill chunks, decode rows and graph padding; interpreter on CP
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("triton")
 
-CHECK = textwrap.dedent("""
-    import random, sys, torch
-    sys.path.insert(0, ROOT)
-    from tests.triton_interpret import use_triton_interpreter
-    use_triton_interpreter()
+from tests.triton_interpret import run_kernel_check
+
+CHECK = """
+    import random, torch
     from actorexec.actors.model_runner.device_state import RequestRows
     from actorexec.actors.model_runner.input_batch import InputBuffers
     from actorexec.protocol import SamplingParams
@@ -75,13 +68,8 @@ CHECK = textwrap.dedent("""
         for name, x, y in zip(names, r, g):
             assert torch.equal(x.long(), y.long()), (step, name, x, y)
     print("ok")
-""")
+"""
 
 
 def test_triton_step_preparation_equals_the_torch_path() -> None:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[3])
-    out = subprocess.run([sys.executable, "-c", CHECK.replace("ROOT", repr(root))], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "ok" in out.stdout
+    run_kernel_check(CHECK)
