@@ -34,6 +34,9 @@ from actorexec.runtime import LocalRef
 from .abstract import Executor
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Set once an executor in this process has failed: the other ranks cannot follow a restart
+# of this one alone (they would wait in collectives this rank never joins).
+_failed_in_this_process: list[BaseException] = []
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class ExecutorWithExternalLauncher(Executor):
     supports_callable_rpc: ClassVar[bool] = True
 
     def __init__(self, config: Config) -> None:
+        if _failed_in_this_process:
+            raise ExecutorFailedError(
+                "a rank started by an external launcher cannot restart alone (the other ranks "
+                "would not follow); restart the whole launch instead (torchrun --max-restarts). "
+                f"It failed with: {_failed_in_this_process[0]}")
         super().__init__(config)
         self.launch = LaunchEnv.from_environ(config)
         self._worker: Any = None
@@ -104,6 +112,11 @@ class ExecutorWithExternalLauncher(Executor):
         finally:
             for ref in self.refs:
                 await ref.close(grace_s)
+
+    def _fail(self, error: BaseException) -> None:
+        if self.failure is None and not self._shut_down:
+            _failed_in_this_process.append(error)
+        super()._fail(error)
 
     @property
     def max_concurrent_batches(self) -> int:

@@ -19,9 +19,11 @@ import pytest
 from actorexec.actors.engine import AsyncEngine
 from actorexec.actors.executor import Executor, ExecutorWithExternalLauncher
 from actorexec.protocol import (
+    ActorexecError,
     CacheConfig,
     Config,
     ConfigError,
+    ExecutorFailedError,
     ModelConfig,
     ParallelConfig,
     SamplingParams,
@@ -96,3 +98,30 @@ def test_a_launch_that_does_not_match_the_parallel_sizes_is_refused(monkeypatch,
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ConfigError, match="integers"):
         ExecutorWithExternalLauncher(launcher_config(str(checkpoints["llama"])))
+
+
+@pytest.mark.timeout(60)
+async def test_a_failed_rank_refuses_to_restart_alone(monkeypatch):
+    # One rank (WORLD_SIZE=1, no process group needed), the test worker; step 13 hangs past
+    # the watchdog, which fails the executor for real. The others of a real launch could
+    # not follow a restart of this rank alone: a new executor here is refused, saying so.
+    from actorexec.actors.executor import external_launcher
+
+    from .test_executor import WORKER, step
+
+    monkeypatch.setattr(external_launcher, "_failed_in_this_process", [])
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                        "ACTOREXEC_TEST_STEP_SLEEP_S": "3"}.items():
+        monkeypatch.setenv(name, value)
+    config = Config(model=ModelConfig(model="unused"), parallel=ParallelConfig(
+        distributed_executor_backend="external_launcher", worker_cls=WORKER,
+        step_timeout_s=0.5))
+    async with await Executor.create(config) as ex:
+        await ex.initialize_kv_cache()
+        assert (await ex.execute_model(step(1))).step_id == 1
+        with pytest.raises(ActorexecError, match="step 13"):
+            await ex.execute_model(step(13))
+        assert ex.is_failed
+    with pytest.raises(ExecutorFailedError, match="cannot restart alone"):
+        await Executor.create(config)
