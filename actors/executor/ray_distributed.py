@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -184,8 +185,9 @@ class RayDistributedExecutor(Executor):
     def _from_ray_thread(self, rank: int, watch: concurrent.futures.Future[Any]) -> None:
         """Runs on a Ray thread (or at once if already done): hand over to our loop."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_host_stopped, rank, watch)
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                loop.call_soon_threadsafe(self._on_host_stopped, rank, watch)
 
     def _on_host_stopped(self, rank: int, watch: concurrent.futures.Future[Any]) -> None:
         """Ray's word on a host: its ``wait_stopped`` returned (the worker stopped) or

@@ -232,10 +232,11 @@ async def test_a_caller_cancelled_inside_async_with_leaves_nothing(cluster):
 
 
 def assert_names_rank_node_and_cause(error: BaseException, rank: int, node_ip: str,
-                                     cause: str) -> None:
+                                     *causes: str) -> None:
     assert isinstance(error, ActorexecError), repr(error)
     text = str(error)
-    assert f"rank {rank}" in text and node_ip in text and cause in text, text
+    assert f"rank {rank}" in text and node_ip in text, text
+    assert any(cause in text for cause in causes), text
 
 
 @pytest.mark.timeout(120)
@@ -256,7 +257,10 @@ async def test_killing_one_ranks_process_fails_every_pending_call_within_a_secon
         for error in results:
             assert isinstance(error, ActorDiedError), results
             assert error.rank == 1 and error.pid == victim.pid and error.node == victim.node_ip
-            assert_names_rank_node_and_cause(error, 1, victim.node_ip, "died")
+            # Ray's cause (seen here ~10 ms after the kill), or the connection's if Ray
+            # had said nothing 0.25 s after the socket closed.
+            assert_names_rank_node_and_cause(error, 1, victim.node_ip,
+                                             "worker process has died", "connection closed")
         await asyncio.sleep(0.2)
         assert fired == [1] and ex.is_failed
         with pytest.raises(ExecutorFailedError):
