@@ -4,18 +4,21 @@ Rank layout as in vLLM: TP ranks are contiguous within a pipeline stage,
 ``rank = pp_rank * tp + tp_rank``. Every rank creates every TP and PP group
 (``new_group`` is collective) and keeps its own.
 
-Nothing listens on all interfaces: the ranks meet through a file store in the
-executor's private 0700 directory (``file://``; torch's TCP store listens on
-every interface), and gloo binds its pair sockets to the interface that holds
-``ParallelConfig.host`` (``GLOO_SOCKET_IFNAME``, unless already set).
+Nothing listens on all interfaces: on one host the ranks meet through a file
+store in the executor's private 0700 directory (``file://``; torch's own TCP
+store listens on every interface); across hosts (the Ray executor) through a
+TCP store whose listening socket rank 0 binds to its node's IP alone
+(``tcp://``, :func:`bound_tcp_store`); under an external launcher through
+its ``env://``. gloo binds its pair sockets to the interface that holds
+``ParallelConfig.host`` (``GLOO_SOCKET_IFNAME``, unless already set: the Ray
+executor sets it to each node's own interface).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
-import struct
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,6 +29,7 @@ from actorexec.actors.model.loader import resolve_dtype
 from actorexec.actors.model.parallel import ParallelContext, split_layers
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError
+from actorexec.runtime.endpoints import interface_of
 
 
 def validate_parallel(config: Config) -> None:
@@ -54,28 +58,24 @@ def validate_parallel(config: Config) -> None:
                           "layers; use at most that many stages")
 
 
-_SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+STORE_TIMEOUT = timedelta(seconds=300)
 
 
-def interface_of(host: str) -> str:
-    """The name of the network interface holding ``host``'s IPv4 address (``"lo"`` for
-    127.0.0.1); ConfigError if none does."""
-    if host in ("::1", "localhost"):
-        host = "127.0.0.1"
-    try:
-        address = socket.gethostbyname(host)
-    except OSError as exc:
-        raise ConfigError(f"ParallelConfig.host={host!r} does not resolve: {exc}") from None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
-            except OSError:  # no IPv4 address on this interface
-                continue
-            if socket.inet_ntoa(reply[20:24]) == address:
-                return name
-    raise ConfigError(f"no network interface holds ParallelConfig.host={host!r} ({address})")
+def bound_tcp_store(url: str, rank: int, world_size: int) -> dist.TCPStore:
+    """A TCPStore for ranks on several hosts (``tcp://host:port``, host = rank 0's node IP).
+
+    torch's own ``tcp://`` rendezvous makes rank 0's store listen on every
+    interface; here rank 0 binds the listening socket to ``host`` alone and hands
+    it to the store (``master_listen_fd``). The other ranks connect as clients.
+    """
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    if rank != 0:
+        return dist.TCPStore(host, int(port), world_size, False, STORE_TIMEOUT)
+    listener = socket.create_server((host, int(port)),
+                                    family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    return dist.TCPStore(host, int(port), world_size, True, STORE_TIMEOUT,
+                         wait_for_workers=False, master_listen_fd=listener.detach())
 
 
 def init_distributed(config: Config, rank: int, distributed_init_method: str | None,
@@ -94,8 +94,12 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str | N
     if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
         os.environ["GLOO_SOCKET_IFNAME"] = interface_of(p.host)  # this process is this rank's
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=distributed_init_method,
-                                world_size=tp * pp, rank=rank)
+        if distributed_init_method.startswith("tcp://"):
+            store = bound_tcp_store(distributed_init_method, rank, tp * pp)
+            dist.init_process_group(backend, store=store, world_size=tp * pp, rank=rank)
+        else:  # file:// in the private directory; env:// under an external launcher
+            dist.init_process_group(backend, init_method=distributed_init_method,
+                                    world_size=tp * pp, rank=rank)
     tp_group = pp_group = None
     for stage in range(pp):  # every rank must create every group, in the same order
         group = dist.new_group([stage * tp + t for t in range(tp)])

@@ -7,7 +7,6 @@ and reported as a ``UsageError`` whose message is one line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 from actorexec.protocol import (
@@ -64,7 +63,7 @@ def resolve_model(model: str | None) -> tuple[str, str]:
 
 
 def check_backend(backend: str | None) -> None:
-    """Ray is optional twice over: the package, and an executor for it in this build."""
+    """Ray is optional: without it, ``--backend ray`` says how to install it."""
     if backend != "ray":
         return
     from actorexec.actors.executor import Executor
@@ -73,12 +72,8 @@ def check_backend(backend: str | None) -> None:
                    parallel=ParallelConfig(distributed_executor_backend="ray"))
     try:
         Executor.get_class(probe)
-    except ValueError:
-        raise UsageError("--backend ray: this actorexec has no Ray executor yet; use "
-                         "--backend mp for several ranks on one machine") from None
-    if importlib.util.find_spec("ray") is None:
-        raise UsageError("--backend ray needs the ray package, which is not installed "
-                         "(pip install ray)")
+    except ValueError as exc:  # ConfigError: "... pip install 'actorexec[ray]'"
+        raise UsageError(f"--backend ray: {exc}") from None
 
 
 def config_from_args(args: argparse.Namespace, model_dir: str) -> Config:

@@ -28,6 +28,7 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DEVICES = ("cpu", "cuda")
 TRANSPORTS = ("ipc", "tcp")
 ZMQ_BACKENDS = ("auto", "aiozmq", "pyzmq")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's names
 MAX_BACKOFF_S = 60.0  # a restart never waits longer than this
 
 
@@ -100,11 +101,15 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Parallel layout and the executor backend.
 
-    ``distributed_executor_backend``: ``"uni"``, ``"mp"``, an ``Executor``
-    subclass, or ``"module:QualName"``; ``None`` picks ``"uni"`` for one rank
-    and ``"mp"`` otherwise. ``pipeline_layer_split`` gives the number of
-    decoder layers per stage (default: as even as possible, earlier stages
-    taking the remainder). ``transport="tcp"`` binds to ``host`` only.
+    ``distributed_executor_backend``: ``"uni"``, ``"mp"``, ``"ray"``,
+    ``"external_launcher"``, an ``Executor`` subclass, or ``"module:QualName"``;
+    ``None`` picks ``"uni"`` for one rank and ``"mp"`` otherwise.
+    ``pipeline_layer_split`` gives the number of decoder layers per stage
+    (default: as even as possible, earlier stages taking the remainder).
+    ``transport="tcp"`` binds to ``host`` only (``mp``; ``ray`` always uses tcp
+    on each node's own IP). ``ray_address`` is the Ray cluster to join (None:
+    ``RAY_ADDRESS``, else a local one-node cluster); ``placement_strategy`` is
+    the Ray placement group's strategy over the ``tp x pp`` bundles.
     """
 
     tensor_parallel_size: int = 1
@@ -123,6 +128,10 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Forward-progress watchdog: a step (execute_model) running longer fails the executor,
     # naming the rank and the step. None turns it off.
     step_timeout_s: float | None = 300.0
+    # The "ray" backend: which cluster (None: RAY_ADDRESS, else a local one), and how the
+    # placement group spreads the ranks' bundles over its nodes.
+    ray_address: str | None = None
+    placement_strategy: str = "PACK"
 
     def __post_init__(self) -> None:
         check_str("ParallelConfig", "host", self.host, 255)
@@ -143,7 +152,8 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         backend = self.distributed_executor_backend
         if backend is not None and not isinstance(backend, (str, type)):
             raise ConfigError("ParallelConfig.distributed_executor_backend must be 'uni', 'mp', "
-                              f"an Executor subclass or 'module:QualName', got {backend!r}")
+                              "'ray', 'external_launcher', an Executor subclass or "
+                              f"'module:QualName', got {backend!r}")
         _choice("ParallelConfig", "transport", self.transport, TRANSPORTS)
         _choice("ParallelConfig", "zmq_backend", self.zmq_backend, ZMQ_BACKENDS)
         if self.transport == "tcp" and self.host in ("", "*", "0.0.0.0", "::"):
@@ -154,6 +164,10 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                               f"got {self.worker_cls!r}")
         _positive("ParallelConfig", "worker_start_timeout_s", self.worker_start_timeout_s)
         _positive("ParallelConfig", "step_timeout_s", self.step_timeout_s, allow_none=True)
+        if self.ray_address is not None:
+            check_str("ParallelConfig", "ray_address", self.ray_address, 1024)
+        _choice("ParallelConfig", "placement_strategy", self.placement_strategy,
+                PLACEMENT_STRATEGIES)
 
     @property
     def world_size(self) -> int:

@@ -50,14 +50,16 @@ class RemoteError(ActorexecError):
 
 
 class ActorDiedError(ActorexecError):
-    """The actor serving a call died; names rank, pid and exit code or signal."""
+    """The actor serving a call died; names rank, pid and exit code or signal (and, for a
+    worker on another host, its node)."""
 
     def __init__(self, message: str, rank: int | None = None, pid: int | None = None,
-                 exitcode: int | None = None) -> None:
+                 exitcode: int | None = None, node: str | None = None) -> None:
         super().__init__(message)
         self.rank = rank
         self.pid = pid
         self.exitcode = exitcode
+        self.node = node
 
 
 class ExecutorFailedError(ActorexecError):

@@ -10,8 +10,9 @@ from .errors import ActorFatalError, CallTimeoutError
 from .loop import run
 from .process import ProcessRef, spawn_actor
 from .refs import ActorRef, LocalRef, PreparedCall
+from .remote_ref import RemoteRef
 
 __all__ = [
     "Actor", "ActorFatalError", "ActorRef", "CallTimeoutError", "LocalRef", "PreparedCall",
-    "ProcessRef", "WorkStatus", "expose", "run", "spawn_actor",
+    "ProcessRef", "RemoteRef", "WorkStatus", "expose", "run", "spawn_actor",
 ]

@@ -14,7 +14,6 @@ every pending future fails as soon as the loop sees the close (well under the
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import multiprocessing
 import os
@@ -24,18 +23,14 @@ from typing import Any
 
 import msgspec
 
-from actorexec.protocol.codec import EnvelopeCodec, PayloadDecoder
-from actorexec.protocol.envelopes import Call, Failure, Ready, Result
-from actorexec.protocol.errors import ActorClosedError, ActorDiedError, ProtocolError
+from actorexec.protocol.errors import ActorClosedError, ActorDiedError
 
-from .actor import READY_METHOD
 from .child import FAILED_EXIT_CODE, ExitCleanup, child_main
-from .errors import ActorFatalError, error_from, type_name
-from .refs import ActorRef, DeathCallback, PreparedCall, arm_deadline
-from .transport import TransportClosed, connect_dealer, resolve_backend
+from .refs import DeathCallback
+from .socket_ref import SocketRef
+from .transport import connect_dealer, resolve_backend
 
 logger = logging.getLogger("actorexec.runtime.process")
-_FATAL_TYPE = type_name(ActorFatalError("x"))
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -51,30 +46,28 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-class ProcessRef(ActorRef):
+class ProcessRef(SocketRef):
     """A ref to an actor in a child process, over a DEALER socket. Why: one owner of the
     process, its socket and its pending calls, so a death fails exactly those calls."""
 
     def __init__(self, process: Any, transport: Any, rank: int,
                  on_death: DeathCallback | None = None) -> None:
         self.process = process
-        self.transport = transport
-        self.rank = rank
         self.pid: int = process.pid
-        self.on_death = on_death
-        self._codec = EnvelopeCodec()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[Any], PayloadDecoder]] = {}
-        self._loop = asyncio.get_running_loop()
-        self._ready: asyncio.Future[None] = self._loop.create_future()
+        super().__init__(transport, rank, on_death)
         self.exited = asyncio.Event()
-        self.dead: ActorDiedError | None = None
-        self._fatal_reason: str | None = None  # an ActorFatalError the actor reported
-        self._closing = False
         self._loop.add_reader(process.sentinel, self._on_exit)
-        # Owned by this ref: cancelled in kill_now; if it fails, the actor is lost to us.
-        self._recv_task = asyncio.create_task(self._recv_loop(), name=f"ref-recv-{rank}")
-        self._recv_task.add_done_callback(self._on_recv_exit)
+
+    @property
+    def name(self) -> str:
+        return f"rank {self.rank} (pid {self.pid})"
+
+    def died(self, cause: str, exitcode: int | None = None) -> ActorDiedError:
+        return ActorDiedError(f"worker {self.name} {cause}", rank=self.rank, pid=self.pid,
+                              exitcode=exitcode)
+
+    def kill_actor(self) -> None:
+        self.process.kill()
 
     @classmethod
     async def spawn(cls, actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: str,
@@ -107,82 +100,6 @@ class ProcessRef(ActorRef):
             raise
         return cls(process, transport, rank, on_death)  # no await since start(): owned
 
-    async def wait_ready(self, timeout_s: float) -> None:
-        self.transport.send([self._codec.encode(Call(0, READY_METHOD))])
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
-        except TimeoutError:
-            raise TimeoutError(f"actor rank {self.rank} (pid {self.pid}) did not become ready "
-                               f"within {timeout_s} s") from None
-
-    def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        if self.dead is not None or self._closing:
-            fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
-            return fut
-        call = Call(next(self._ids), prepared.method, deadline)
-        self.transport.send([self._codec.encode(call), *prepared.frames])
-        # Popped when the reply arrives (every call gets one, or fail_pending clears it): no
-        # done-callback per call, which would cost a loop iteration per rank per step.
-        self._pending[call.call_id] = (fut, prepared.spec.result_decoder)
-        arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
-        return fut
-
-    @property
-    def num_pending(self) -> int:
-        """Calls sent and not yet answered (a timed-out call counts until its late reply)."""
-        return len(self._pending)
-
-    async def _recv_loop(self) -> None:
-        while True:
-            try:
-                frames = await self.transport.recv()
-            except TransportClosed:
-                if self._closing:
-                    return
-                raise
-            self._on_message(frames)
-
-    def _on_recv_exit(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None or self._closing:
-            return
-        exc = task.exception()
-        logger.error("rank %d: reply reader failed; killing the worker: %r", self.rank, exc)
-        self._declare_dead(ActorDiedError(
-            f"worker rank {self.rank} (pid {self.pid}) lost: its reply reader failed: {exc!r}",
-            rank=self.rank, pid=self.pid))
-        self.process.kill()
-
-    def _on_message(self, frames: list[bytes]) -> None:
-        try:
-            env = self._codec.decode(frames[0])
-        except ProtocolError as exc:
-            logger.error("rank %d: undecodable reply: %s", self.rank, exc)
-            return
-        if isinstance(env, Ready):
-            if not self._ready.done():
-                self._ready.set_result(None)
-            return
-        if not isinstance(env, (Result, Failure)):
-            logger.error("rank %d: unexpected %s from an actor", self.rank, type(env).__name__)
-            return
-        if isinstance(env, Failure) and env.exc_type == _FATAL_TYPE:
-            self._fatal_reason = env.message
-        if env.call_id == -1:
-            logger.error("rank %d reported an undecodable frame: %s", self.rank, env.message)
-            return
-        entry = self._pending.pop(env.call_id, None)
-        if entry is None or entry[0].done():
-            return  # timed out earlier: the late reply is dropped
-        fut, decoder = entry
-        if isinstance(env, Failure):
-            fut.set_exception(error_from(env))
-            return
-        try:
-            fut.set_result(decoder.decode(frames[1:]))
-        except ProtocolError as exc:
-            fut.set_exception(exc)
-
     def _on_exit(self) -> None:
         self._loop.remove_reader(self.process.sentinel)
         self.process.join(0.1)  # reap: the sentinel closes just before the exit status is ready
@@ -192,27 +109,7 @@ class ProcessRef(ActorRef):
             self.fail_pending(ActorClosedError(f"actor rank {self.rank} was shut down"))
             return
         reason = f": {self._fatal_reason}" if self._fatal_reason else ""
-        self._declare_dead(ActorDiedError(
-            f"worker rank {self.rank} (pid {self.pid}) died: {describe_exit(code)}{reason}",
-            rank=self.rank, pid=self.pid, exitcode=code))
-
-    def _declare_dead(self, error: ActorDiedError) -> None:
-        if self.dead is not None:
-            return
-        self.dead = error
-        self.fail_pending(error)
-        if not self._ready.done():
-            self._ready.set_exception(error)
-            self._ready.exception()  # retrieved: wait_ready re-raises it if anyone waits
-        if self.on_death is not None:
-            self.on_death(self, error)
-
-    def fail_pending(self, exc: BaseException) -> None:
-        futs = [f for f, _ in self._pending.values()]
-        self._pending.clear()
-        for fut in futs:
-            if not fut.done():
-                fut.set_exception(exc)
+        self.declare_dead(self.died(f"died: {describe_exit(code)}{reason}", exitcode=code))
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Wait up to ``grace_s`` for the process to exit (after its shutdown call), then kill."""
@@ -236,9 +133,7 @@ class ProcessRef(ActorRef):
         if not self.exited.is_set():
             self._loop.remove_reader(self.process.sentinel)
             self.exited.set()
-        self._recv_task.cancel()
-        self.transport.close()
-        self.fail_pending(ActorClosedError(f"actor rank {self.rank} was shut down"))
+        self.close_socket()
 
 
 async def spawn_actor(actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: str,

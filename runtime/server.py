@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Coroutine
 from typing import Any
 
 from actorexec.protocol.codec import EnvelopeCodec, PayloadEncoder
@@ -48,10 +49,13 @@ class ActorServer:
     async def bind(cls, actor: Actor, endpoint: str, rank: int, backend: str) -> ActorServer:
         return cls(actor, await bind_router(endpoint, backend), rank)
 
-    async def serve(self) -> None:
-        """Serve until the actor stops (its ``shutdown``); raises if it stopped on a failure."""
+    async def serve(self, *beside: Coroutine[Any, Any, None]) -> None:
+        """Serve until the actor stops (its ``shutdown``); raises if it stopped on a failure.
+        ``beside`` run in the actor's task group (a host's own watch): one that raises stops
+        the actor loudly, as its ``background()`` would."""
         try:
-            await self.mailbox.run(self._recv_loop(), self.transport.wait_send_failure())
+            await self.mailbox.run(self._recv_loop(), self.transport.wait_send_failure(),
+                                   *beside)
         finally:
             await asyncio.sleep(FLUSH_S)
             self.transport.close()

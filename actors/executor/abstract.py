@@ -36,7 +36,7 @@ from .futures import CollectiveReplies
 logger = logging.getLogger("actorexec.executor")
 FailureCallback = Callable[[], None]
 Method = str | Callable[..., Any]
-BACKENDS = ("uni", "mp")
+BACKENDS = ("uni", "mp", "ray", "external_launcher")
 
 
 class Executor(abc.ABC):
@@ -68,6 +68,13 @@ class Executor(abc.ABC):
         if backend == "mp":
             from .multiproc import MultiprocExecutor
             return MultiprocExecutor
+        if backend == "ray":  # Ray is an optional extra: ConfigError saying how to install it
+            from .ray_distributed import RayDistributedExecutor, import_ray
+            import_ray()
+            return RayDistributedExecutor
+        if backend == "external_launcher":
+            from .external_launcher import ExecutorWithExternalLauncher
+            return ExecutorWithExternalLauncher
         if isinstance(backend, str) and ":" in backend:
             backend = import_path(backend)
         if isinstance(backend, type) and issubclass(backend, Executor):

@@ -60,7 +60,10 @@ class Worker(Actor):
         from actorexec.actors.distributed import validate_parallel
 
         world = config.parallel.world_size
-        if config.device.device == "cuda":
+        # Ray places ranks on GPUs across nodes, and an external launcher gives each
+        # process its own: this host's device count says nothing about either.
+        local = config.parallel.distributed_executor_backend not in ("ray", "external_launcher")
+        if config.device.device == "cuda" and local:
             import torch
 
             count = torch.cuda.device_count()

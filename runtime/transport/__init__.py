@@ -6,8 +6,9 @@ from .base import (
     TransportClosed,
     bind_router,
     connect_dealer,
+    heartbeat_options,
     resolve_backend,
 )
 
 __all__ = ["BACKENDS", "Transport", "TransportClosed", "bind_router", "connect_dealer",
-           "resolve_backend"]
+           "heartbeat_options", "resolve_backend"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiozmq
 import zmq
@@ -28,13 +28,20 @@ class AiozmqTransport(Transport):
         self._peers = PeerOutbox(self._try_send, endpoint)
 
     @classmethod
-    async def create(cls, kind: str, endpoint: str, bind: bool) -> AiozmqTransport:
+    async def create(cls, kind: str, endpoint: str, bind: bool,
+                     options: Mapping[int, int] | None = None) -> AiozmqTransport:
         where = {"bind": endpoint} if bind else {"connect": endpoint}
+        if options:  # set before connecting, so that they apply to the connection
+            where = {}
         # A large read high-water mark: reading pauses only under real backlog.
         stream = await aiozmq.create_zmq_stream(getattr(zmq, kind), high_read=1 << 30, **where)
         stream.transport.setsockopt(zmq.LINGER, 0)
         if kind == "ROUTER":
             stream.transport.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if options:
+            for option, value in options.items():
+                stream.transport.setsockopt(option, value)
+            await (stream.transport.bind(endpoint) if bind else stream.transport.connect(endpoint))
         return cls(stream, endpoint, router=kind == "ROUTER")
 
     def send(self, frames: Sequence[Frame]) -> None:

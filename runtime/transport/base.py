@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import zmq
 
 from actorexec.protocol.codec import Frame
 
@@ -34,6 +36,12 @@ class Transport(abc.ABC):
 
     endpoint: str
     _peers: PeerOutbox
+    _sock: zmq.Socket  # the raw socket: options, and monitors (remote_ref.py)
+
+    @property
+    def zmq_socket(self) -> zmq.Socket:
+        """The underlying ZeroMQ socket, for a connection monitor (never send or recv on it)."""
+        return self._sock
 
     @abc.abstractmethod
     def send(self, frames: Sequence[Frame]) -> None:
@@ -81,11 +89,22 @@ async def bind_router(endpoint: str, backend: str = "auto") -> Transport:
     return PyzmqTransport("ROUTER", endpoint, bind=True)
 
 
-async def connect_dealer(endpoint: str, backend: str = "auto") -> Transport:
-    """A DEALER connected to ``endpoint``; messages queue until the peer binds."""
+def heartbeat_options(heartbeat_s: float) -> dict[int, int]:
+    """ZMTP heartbeats: a PING every ``heartbeat_s``; a connection silent for three of
+    them is dropped (a monitor then sees it disconnect). Answered by libzmq's I/O thread,
+    so a peer busy in Python still answers; only a dead or unreachable host falls silent."""
+    ivl = max(1, int(heartbeat_s * 1000))
+    return {zmq.HEARTBEAT_IVL: ivl, zmq.HEARTBEAT_TIMEOUT: 3 * ivl, zmq.HEARTBEAT_TTL: 3 * ivl}
+
+
+async def connect_dealer(endpoint: str, backend: str = "auto",
+                         options: Mapping[int, int] | None = None) -> Transport:
+    """A DEALER connected to ``endpoint``; messages queue until the peer binds.
+    ``options`` (socket option -> value, e.g. :func:`heartbeat_options`) are set before
+    connecting, so they apply to the connection."""
     backend = resolve_backend(backend)
     if backend == "aiozmq":
         from .aiozmq_transport import AiozmqTransport
-        return await AiozmqTransport.create("DEALER", endpoint, bind=False)
+        return await AiozmqTransport.create("DEALER", endpoint, bind=False, options=options)
     from .pyzmq_transport import PyzmqTransport
-    return PyzmqTransport("DEALER", endpoint, bind=False)
+    return PyzmqTransport("DEALER", endpoint, bind=False, options=options)

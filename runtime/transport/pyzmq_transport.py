@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import zmq
 import zmq.asyncio
@@ -17,13 +17,16 @@ class PyzmqTransport(Transport):
     """A ``zmq.asyncio`` socket. DEALER sends go out at once unless queued ones wait (order
     kept); ROUTER replies go through per-peer queues (:class:`PeerOutbox`)."""
 
-    def __init__(self, kind: str, endpoint: str, bind: bool) -> None:
+    def __init__(self, kind: str, endpoint: str, bind: bool,
+                 options: Mapping[int, int] | None = None) -> None:
         self.endpoint = endpoint
         self._ctx = zmq.asyncio.Context.instance()
         self._sock = self._ctx.socket(getattr(zmq, kind))
         self._sock.setsockopt(zmq.LINGER, 0)
         if kind == "ROUTER":
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        for option, value in (options or {}).items():
+            self._sock.setsockopt(option, value)
         if bind:
             self._sock.bind(endpoint)
         else:

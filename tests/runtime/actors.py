@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from actorexec.runtime import Actor, expose
 
@@ -24,6 +25,12 @@ class Counter(Actor):
     @expose
     def pid(self) -> int:
         return os.getpid()
+
+    @expose(thread=True)
+    def nap(self, seconds: float) -> float:
+        """Holds the work thread (a long step) while the loop keeps serving."""
+        time.sleep(seconds)
+        return seconds
 
     @expose
     def break_replies(self) -> None:
