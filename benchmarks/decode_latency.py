@@ -240,7 +240,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--budget", type=int, default=16384, help="prefill tokens per step")
     ap.add_argument("--runs", nargs="+", default=["uni", "mp", "uni-eager"])
-    ap.add_argument("--out", default="benchmarks/results/decode_latency.json")
+    ap.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
+        os.path.dirname(__file__), "results", time.strftime("decode_latency-%Y%m%d-%H%M%S.json")))
     ap.add_argument("--profile", action="store_true",
                     help="uni: time graph replays alone and list the top kernels")
     args = ap.parse_args()

@@ -17,6 +17,7 @@ import datetime
 import gc
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -92,8 +93,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--backend", default="uni")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU")
-    ap.add_argument("--out", default=f"benchmarks/results/engine_decode-"
-                    f"{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    ap.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
+        os.path.dirname(__file__), "results", time.strftime("engine_decode-%Y%m%d-%H%M%S.json")))
     args = ap.parse_args()
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     cfg = dict(LLAMA_8B)
