@@ -21,8 +21,15 @@ parts="${*:-tests decode}"
 for part in $parts; do
     case "$part" in
     tests)
-        timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/ 2>&1 \
+        timeout "${TESTS_TIMEOUT:-900}" python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/ 2>&1 \
             | tee "$OUT/gpu_tests.log" | tail -40 ;;
+    kernels-on-cuda)  # the fused-op and step-prep checks (interpreter on CPU, compiled here)
+        timeout 300 python3 -m pytest -q -p no:cacheprovider \
+            tests/actors/model/test_fused_ops.py tests/actors/model_runner/test_step_prep_kernels.py \
+            2>&1 | tee "$OUT/kernel_checks.log" | tail -5 ;;
+    engine)
+        (cd benchmarks && timeout "${ENGINE_TIMEOUT:-300}" python3 engine_decode.py \
+            --out "$OUT/engine_decode.json" ${ENGINE_ARGS:-}) 2>&1 | tee "$OUT/engine_decode.log" ;;
     tests-*)
         timeout 900 python3 -m pytest -q -p no:cacheprovider -m gpu -rs -k "${part#tests-}" \
             tests/ 2>&1 | tee "$OUT/gpu_tests.log" | tail -60 ;;
@@ -33,7 +40,7 @@ for part in $parts; do
         (cd benchmarks && timeout 600 python3 attention_kernels.py \
             --out "$OUT/attention_kernels.json") 2>&1 | tee "$OUT/attention_kernels.log" ;;
     parallel)
-        (cd benchmarks && timeout 570 python3 parallel_throughput.py \
+        (cd benchmarks && timeout "${PARALLEL_TIMEOUT:-570}" python3 parallel_throughput.py \
             --out "$OUT/parallel_throughput.json" ${PARALLEL_ARGS:-}) \
             2>&1 | tee "$OUT/parallel_throughput.log" ;;
     rpc)
