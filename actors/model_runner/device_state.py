@@ -61,10 +61,10 @@ class StagingRing:
         return self.buffers[slot], slot
 
     def copied(self, slot: int, stream: torch.cuda.Stream | None) -> None:
-        """Marks ``slot`` as read by the copy just queued on ``stream``."""
-        if self.cuda and stream is not None:
+        """Marks ``slot`` as read by the copy just queued on ``stream`` (None: the current one)."""
+        if self.cuda:
             event = torch.cuda.Event()
-            event.record(stream)
+            event.record(stream if stream is not None else torch.cuda.current_stream())
             self.events[slot] = event
 
 
@@ -198,7 +198,8 @@ def _upload(host: torch.Tensor, device: torch.device,
     if device.type != "cuda":
         return host.clone()
     compute = torch.cuda.current_stream(device)
-    assert copy_stream is not None
+    if copy_stream is None:  # no copy stream given (tools, tests): copy in stream order
+        return host.to(device, non_blocking=True)
     # The destination is fresh, so the copy need not wait for earlier compute work:
     # it overlaps the previous step's kernels.
     with torch.cuda.stream(copy_stream):
