@@ -103,7 +103,7 @@ def install_worker_probes() -> None:
     from actorexec.runtime import mailbox
 
     def remember(*args: Any, **kwargs: Any) -> int | None:
-        call = args[1]
+        call = args[1].call  # _start(self, started, payload, exposed)
         _CURRENT[0] = call.call_id  # the work thread reads it while this call runs
         return call.call_id
 
@@ -180,7 +180,8 @@ async def measure(transport: str, workers: int, iters: int, gap_s: float) -> dic
     so = decode_step()
     totals: list[int] = []
     async with await Executor.create(config) as ex:
-        probe(ex.refs[0].transport, "send", "c.send0", "c.send1", _current)
+        channel = getattr(ex, "_channel", None)  # shm: one write for every rank
+        probe(channel or ex.refs[0].transport, "send", "c.send0", "c.send1", _current)
         ids: list[int] = []
         for i in range(iters + iters // 10):
             if gap_s:

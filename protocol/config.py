@@ -26,7 +26,7 @@ from .errors import ConfigError
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DEVICES = ("cpu", "cuda")
-TRANSPORTS = ("ipc", "tcp")
+TRANSPORTS = ("shm", "ipc", "tcp")
 ZMQ_BACKENDS = ("auto", "aiozmq", "pyzmq")
 
 

@@ -9,9 +9,9 @@ from .actor import Actor, WorkStatus, expose
 from .errors import ActorFatalError, CallTimeoutError
 from .loop import run
 from .process import ProcessRef, spawn_actor
-from .refs import ActorRef, LocalRef, PreparedCall
+from .refs import ActorRef, LocalRef, PreparedCall, submit_all
 
 __all__ = [
     "Actor", "ActorFatalError", "ActorRef", "CallTimeoutError", "LocalRef", "PreparedCall",
-    "ProcessRef", "WorkStatus", "expose", "run", "spawn_actor",
+    "ProcessRef", "WorkStatus", "expose", "run", "spawn_actor", "submit_all",
 ]

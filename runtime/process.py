@@ -90,15 +90,11 @@ class ProcessRef(ActorRef):
         last one out, ``private_dir``.
         """
         backend = resolve_backend(backend)
-        payload = msgspec.msgpack.encode(init_kwargs)
         own = (endpoint.removeprefix("ipc://"),) if endpoint.startswith("ipc://") else ()
         cleanup = ExitCleanup(own_files=own, shared_files=tuple(shared_files),
                               directory=private_dir)
-        ctx = multiprocessing.get_context("spawn")
-        # daemon: if the parent exits without shutdown, multiprocessing terminates it.
-        process = ctx.Process(target=child_main, name=f"actorexec-rank{rank}", daemon=True,
-                              args=(actor_path, payload, endpoint, rank, backend, os.getpid(),
-                                    use_uvloop, cleanup))
+        process = new_child_process(actor_path, init_kwargs, rank, endpoint, backend,
+                                    use_uvloop, cleanup)
         transport = await connect_dealer(endpoint, backend)  # before the process exists
         try:
             process.start()
@@ -116,15 +112,26 @@ class ProcessRef(ActorRef):
                                f"within {timeout_s} s") from None
 
     def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
+        call = Call(next(self._ids), prepared.method, deadline)
+        if self.accepts_calls:
+            self.transport.send([self._codec.encode(call), *prepared.frames])
+        return self.expect(call.call_id, prepared, deadline)
+
+    @property
+    def accepts_calls(self) -> bool:
+        return self.dead is None and not self._closing
+
+    def expect(self, call_id: int, prepared: PreparedCall,
+               deadline: float | None) -> asyncio.Future[Any]:
+        """The future of call ``call_id``, just sent to this actor; failed at once if this
+        ref no longer accepts calls (then nothing was sent to it)."""
         fut: asyncio.Future[Any] = self._loop.create_future()
-        if self.dead is not None or self._closing:
+        if not self.accepts_calls:
             fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
             return fut
-        call = Call(next(self._ids), prepared.method, deadline)
-        self.transport.send([self._codec.encode(call), *prepared.frames])
         # Popped when the reply arrives (every call gets one, or fail_pending clears it): no
         # done-callback per call, which would cost a loop iteration per rank per step.
-        self._pending[call.call_id] = (fut, prepared.spec.result_decoder)
+        self._pending[call_id] = (fut, prepared.spec.result_decoder)
         arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
         return fut
 
@@ -239,6 +246,17 @@ class ProcessRef(ActorRef):
         self._recv_task.cancel()
         self.transport.close()
         self.fail_pending(ActorClosedError(f"actor rank {self.rank} was shut down"))
+
+
+def new_child_process(actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: Any,
+                      backend: str, use_uvloop: bool | None, cleanup: ExitCleanup) -> Any:
+    """The (not yet started) spawned process that serves ``actor_path`` on ``endpoint``."""
+    payload = msgspec.msgpack.encode(init_kwargs)
+    ctx = multiprocessing.get_context("spawn")
+    # daemon: if the parent exits without shutdown, multiprocessing terminates it.
+    return ctx.Process(target=child_main, name=f"actorexec-rank{rank}", daemon=True,
+                       args=(actor_path, payload, endpoint, rank, backend, os.getpid(),
+                             use_uvloop, cleanup))
 
 
 async def spawn_actor(actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: str,

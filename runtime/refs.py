@@ -83,14 +83,43 @@ def arm_deadline(fut: asyncio.Future[Any], deadline: float | None, what: str) ->
 DeathCallback = Callable[["ActorRef", BaseException], None]
 
 
+def submit_all(refs: Sequence[ActorRef], prepared: PreparedCall,
+               deadline: float | None = None) -> list[asyncio.Future[Any]]:
+    """Sends ``prepared`` to every ref now; one future per ref, in ref order. Refs sharing a
+    broadcast channel get it in one write (one copy for all of them)."""
+    futs: list[asyncio.Future[Any] | None] = [None] * len(refs)
+    groups: dict[int, list[int]] = {}
+    for i, ref in enumerate(refs):
+        if ref.broadcast is None:
+            futs[i] = ref.submit(prepared, deadline)
+        else:
+            groups.setdefault(id(ref.broadcast), []).append(i)
+    for indices in groups.values():
+        group = [refs[i] for i in indices]
+        for i, fut in zip(indices, group[0].submit_group(group, prepared, deadline), strict=True):
+            futs[i] = fut
+    return futs  # type: ignore[return-value]  # every slot is filled above
+
+
 class ActorRef(abc.ABC):
-    """A handle to one actor (one rank). Every call gets exactly one reply."""
+    """A handle to one actor (one rank). Every call gets exactly one reply.
+
+    Refs whose ``broadcast`` is the same object (same-host ranks over one
+    shared-memory call ring) take a call for several of them in one write:
+    :func:`submit_all` hands such a group to :meth:`submit_group`.
+    """
 
     rank: int
+    broadcast: object | None = None
 
     @abc.abstractmethod
     def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
         """Send now; the future resolves with the typed reply."""
+
+    def submit_group(self, refs: Sequence[ActorRef], prepared: PreparedCall,
+                     deadline: float | None = None) -> list[asyncio.Future[Any]]:
+        """``prepared`` to every ref of ``refs`` (which share this ref's ``broadcast``)."""
+        return [ref.submit(prepared, deadline) for ref in refs]
 
     @abc.abstractmethod
     async def close(self, grace_s: float = 5.0) -> None:

@@ -28,7 +28,7 @@ from actorexec.protocol import (
     make_kv_cache_configs,
 )
 from actorexec.protocol.codec import generic_spec
-from actorexec.runtime import ActorRef, PreparedCall
+from actorexec.runtime import ActorRef, PreparedCall, submit_all
 from actorexec.runtime.child import import_path
 
 from .futures import CollectiveReplies
@@ -164,7 +164,7 @@ class Executor(abc.ABC):
                                  f"0..{len(self.refs) - 1}")
         prepared = self._prepare(method, args, kwargs)
         deadline = None if timeout is None else time.time() + timeout
-        futs = [ref.submit(prepared, deadline) for ref in self.refs]
+        futs = submit_all(self.refs, prepared, deadline)  # one write for same-host ranks
         replies = CollectiveReplies(prepared.method, futs, unique_reply_rank, self._fail)
         if non_block:
             replies.result.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -293,7 +293,7 @@ class Executor(abc.ABC):
     async def _ask_shutdown(self, timeout_s: float) -> None:
         """Best effort: each live worker runs its ``shutdown`` and stops serving."""
         prepared = PreparedCall("shutdown", self.method_specs["shutdown"])
-        futs = [ref.submit(prepared, time.time() + timeout_s) for ref in self.refs]
+        futs = submit_all(self.refs, prepared, time.time() + timeout_s)
         if futs:
             for fut in futs:  # failures here are expected (dead or stuck workers)
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
