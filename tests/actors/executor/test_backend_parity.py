@@ -9,7 +9,7 @@ import pytest
 from actorexec.actors.executor import Executor
 from actorexec.protocol import MethodNotAllowedError
 
-from .test_executor import make_config, step
+from .test_executor import MP, make_config, step
 
 
 async def shapes_and_errors(backend: str) -> dict[str, object]:
@@ -38,9 +38,10 @@ async def shapes_and_errors(backend: str) -> dict[str, object]:
     return seen
 
 
+@pytest.mark.parametrize("backend", MP)
 @pytest.mark.timeout(90)
-async def test_uni_and_mp_return_the_same_types_and_raise_the_same_classes():
-    uni, mp = await shapes_and_errors("uni"), await shapes_and_errors("mp")
+async def test_uni_and_mp_return_the_same_types_and_raise_the_same_classes(backend):
+    uni, mp = await shapes_and_errors("uni"), await shapes_and_errors(backend)
     assert uni == mp
     assert uni["every"] == (asyncio.Future, [1]) and uni["one"] == (asyncio.Future, 2)
     assert uni["non_block"] == ([asyncio.Future], [3])
