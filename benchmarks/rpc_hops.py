@@ -7,11 +7,11 @@ one clock for every process on the host), runs 256-request decode steps to
 prints the median of each hop over ``--iters`` calls. The probes cost well
 under a microsecond each. Hops, in order:
 
-caller: encode, submit, send -> worker: wake-up (transit + the worker loop
-waking + reading), envelope decode, hand-off to the handler, argument decode,
-hand-off to the work thread, the step, the work thread's way back to the loop,
-reply encode + send -> caller: wake-up (transit + the caller's loop), reply
-decode, the awaiting coroutine resuming.
+caller: encode, submit, send -> worker: its loop has the message (transit +
+wake-up + read), envelope decode, argument decode, hand-off to the work
+thread, the step, the way to the reply sink, reply encode -> caller: its loop
+has the reply (transit + wake-up + read), reply decode, the awaiting coroutine
+resuming.
 
 Usage: python benchmarks/rpc_hops.py [--transport ipc|shm] [--workers 1] [--iters 2000]
        [--gap-ms 0] [--uvloop] [--out PATH]
@@ -100,19 +100,22 @@ class HopWorker(EchoWorker):
 
 
 def install_worker_probes() -> None:
+    from actorexec.protocol import codec
     from actorexec.runtime import mailbox
 
+    def arrived(*_: Any, **__: Any) -> int:
+        return -1  # the call is not decoded yet: kept aside until _start knows its id
+
     def remember(*args: Any, **kwargs: Any) -> int | None:
-        call = args[1].call  # _start(self, started, payload, exposed)
+        call = args[1].call  # _start(self, pending, payload, exposed)
         _CURRENT[0] = call.call_id  # the work thread reads it while this call runs
+        MARKS[call.call_id].update(MARKS.pop(-1, {}))
         return call.call_id
 
-    probe(mailbox.Mailbox, "put", "w.recv", "w.queued", _call_arg(1))
-    probe(mailbox.Mailbox, "_start", "w.take", "w.started", remember)
     server = _server_module()
+    probe(server, "_dispatch", "w.recv", None, arrived)
+    probe(mailbox.Mailbox, "_start", "w.take", "w.started", remember)
     probe(server, "_reply", "w.reply0", "w.reply1", _call_arg(2))
-    from actorexec.protocol import codec
-
     probe(codec.PayloadEncoder, "encode", None, "w.encoded", _current)
 
 
@@ -152,18 +155,15 @@ def install_caller_probes() -> None:
 HOPS = [  # (label, from probe, to probe)
     ("caller: encode", "c.enc0", "c.enc1"),
     ("caller: submit", "c.enc1", "c.send0"),
-    ("caller: send (returns)", "c.send0", "c.send1"),
-    ("caller: after send", "c.send1", "c.sent"),
-    ("-> worker wake-up (transit, loop, read)", "c.send0", "w.recv"),
-    ("worker: envelope decode, into mailbox", "w.recv", "w.queued"),
-    ("worker: hand-off to the handler", "w.queued", "w.take"),
-    ("worker: argument decode, to the thread", "w.take", "w.started"),
+    ("caller: send call returns", "c.send0", "c.send1"),
+    ("-> worker's loop has the message", "c.send0", "w.recv"),
+    ("worker: envelope decode, take", "w.recv", "w.take"),
+    ("worker: argument decode, start", "w.take", "w.started"),
     ("worker: hand-off to the work thread", "w.started", "w.run0"),
     ("worker: the step (EchoRunner)", "w.run0", "w.run1"),
-    ("worker: work thread -> loop -> replier", "w.run1", "w.reply0"),
+    ("worker: step done -> reply sink", "w.run1", "w.reply0"),
     ("worker: reply encode", "w.reply0", "w.encoded"),
-    ("worker: reply send (returns)", "w.encoded", "w.reply1"),
-    ("<- caller wake-up (transit, loop, read)", "w.encoded", "c.recv0"),
+    ("<- caller's loop has the reply", "w.encoded", "c.recv0"),
     ("caller: reply decode, future set", "c.recv0", "c.resolved0"),
     ("caller: other ranks' replies", "c.resolved0", "c.resolved"),
     ("caller: awaiting coroutine resumes", "c.resolved", "c.end"),

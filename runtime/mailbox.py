@@ -166,13 +166,16 @@ class Mailbox:
         if not exposed.ordered:
             self._answer_now(call, payload, sink)
             return
-        first = not self._order.entries
+        entries = self._order.entries
+        while entries and entries[0].replied and entries[0].reply_error is None:
+            entries.popleft()  # answered from the work thread without waking the replier
+        first = not entries
         pending = self._order.add(call, sink)
         self._start(pending, payload, exposed)
         if first and self._answer_if_final(pending):
-            self._order.entries.popleft()
-        else:
-            self._changed.set()
+            entries.popleft()
+        elif not (first and self._order.thread_will_answer(pending)):
+            self._changed.set()  # (a call the work thread answers itself needs no replier)
 
     def _start(self, pending: Pending, payload: Sequence[Frame] | LocalArgs,
                exposed: Exposed) -> None:
@@ -216,7 +219,8 @@ class Mailbox:
                     self._order.send(head, ok, value)  # may raise: fatal
                 if head.reply_error is not None:
                     raise head.reply_error
-                entries.popleft()
+                if entries and entries[0] is head:  # (_take may have popped it meanwhile)
+                    entries.popleft()
             if not entries and self._handler_done:
                 break
             self._changed.clear()

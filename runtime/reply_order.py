@@ -83,7 +83,7 @@ class ReplyOrder:
             return False
         outcome = pending.outcome
         if outcome is None:
-            return True
+            return True  # still running: the thread answers, or wakes the loop, when done
         ok, value = outcome
         return (self._from_thread and ok and isinstance(value, concurrent.futures.Future)
                 and not value.done())

@@ -95,6 +95,10 @@ class EchoWorker(Worker):
         return list(self.log)
 
     @expose
+    def noop(self) -> None:
+        """An empty message each way (benchmarks/rpc_roundtrip.py)."""
+
+    @expose
     def whoami(self) -> list[int]:
         return [self.rank, os.getpid()]
 
