@@ -107,14 +107,18 @@ def install_worker_probes() -> None:
         return -1  # the call is not decoded yet: kept aside until _start knows its id
 
     def remember(*args: Any, **kwargs: Any) -> int | None:
-        call = args[1].call  # _start(self, pending, payload, exposed)
+        call = getattr(args[1], "call", args[1])  # _start(pending, ...), take_on_thread(call,..)
         _CURRENT[0] = call.call_id  # the work thread reads it while this call runs
         MARKS[call.call_id].update(MARKS.pop(-1, {}))
         return call.call_id
 
     server = _server_module()
-    probe(server, "_dispatch", "w.recv", None, arrived)
+    probe(server, "_dispatch", "w.recv", None, arrived)  # the loop has it
+    from actorexec.runtime.shm_server import ShmActorServer
+
+    probe(ShmActorServer, "_take", "w.recv", None, arrived)  # the work thread has it
     probe(mailbox.Mailbox, "_start", "w.take", "w.started", remember)
+    probe(mailbox.Mailbox, "take_on_thread", "w.take", "w.started", remember)
     probe(server, "_reply", "w.reply0", "w.reply1", _call_arg(2))
     probe(codec.PayloadEncoder, "encode", None, "w.encoded", _current)
 
@@ -156,7 +160,7 @@ HOPS = [  # (label, from probe, to probe)
     ("caller: encode", "c.enc0", "c.enc1"),
     ("caller: submit", "c.enc1", "c.send0"),
     ("caller: send call returns", "c.send0", "c.send1"),
-    ("-> worker's loop has the message", "c.send0", "w.recv"),
+    ("-> worker has the message (loop or thread)", "c.send0", "w.recv"),
     ("worker: envelope decode, take", "w.recv", "w.take"),
     ("worker: argument decode, start", "w.take", "w.started"),
     ("worker: hand-off to the work thread", "w.started", "w.run0"),

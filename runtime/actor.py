@@ -158,7 +158,8 @@ class Actor:
         self.request_stop()
 
     # -- the work thread -------------------------------------------------
-    def _work_thread(self) -> WorkThread:
+    def work_thread(self) -> WorkThread:
+        """This actor's single work thread (started on first use)."""
         if self._work is None:
             self._work = WorkThread(f"{type(self).__name__}-work")
         return self._work
@@ -170,18 +171,22 @@ class Actor:
         thread only; the loop stays free to take messages. ``thread=True``
         methods run there too; an ``async`` handler may call this directly.
         """
-        return self._work_thread().offload(fn, *args)
+        return self.work_thread().offload(fn, *args)
 
     def run_on_work_thread(self, method: str, fn: Callable[[], Any],
                            check: Callable[[], None] | None,
                            on_done: Callable[[bool, Any], None]) -> None:
-        """``fn()`` on the work thread, recorded in :meth:`work_status` while it runs.
+        """Queue :meth:`work_job` on the work thread."""
+        self.work_thread().submit(self.work_job(method, fn, check, on_done))
 
-        ``check()`` runs on the thread first (the mailbox's deadline check, so a
-        call that waited behind a long one is refused unrun when it gets there).
-        ``on_done(ok, value_or_exception)`` runs on the thread once ``fn`` (or
-        ``check``) has finished and the status is cleared: the mailbox answers
-        the call from there, or wakes the loop to.
+    def work_job(self, method: str, fn: Callable[[], Any], check: Callable[[], None] | None,
+                 on_done: Callable[[bool, Any], None]) -> Callable[[], None]:
+        """A job for the work thread: ``fn()``, recorded in :meth:`work_status` while it runs.
+
+        ``check()`` runs first (the mailbox's deadline check, so a call that waited
+        behind a long one is refused unrun when it gets there). ``on_done(ok,
+        value_or_exception)`` runs once ``fn`` (or ``check``) has finished and the
+        status is cleared: the mailbox answers the call from there, or wakes the loop to.
         """
         def job() -> None:
             try:
@@ -197,7 +202,7 @@ class Actor:
                 return
             on_done(True, value)
 
-        self._work_thread().submit(job)
+        return job
 
     def work_status(self) -> WorkStatus | None:
         """What the work thread is running now (None when idle). Safe from the loop."""

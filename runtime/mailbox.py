@@ -78,6 +78,7 @@ class Mailbox:
         self._changed = asyncio.Event()  # the replier has something to look at
         self._order = ReplyOrder(functools.partial(loop.call_soon_threadsafe, self._changed.set),
                                  from_thread=replies_from_thread)
+        self._queued = 0  # calls in the inbox, or being taken from it
         self._handler_done = False
         self._handler: asyncio.Task[None] | None = None
         self._replied_all = asyncio.Event()
@@ -88,7 +89,7 @@ class Mailbox:
     def takes_now(self) -> bool:
         """Would a call put now be taken before ``put`` returns (its payload decoded)?"""
         return (self.actor.phase == "running" and not self.actor.stop_requested
-                and self._inbox.empty())
+                and self._queued == 0)
 
     def put(self, call: Call, payload: Sequence[Frame] | LocalArgs, sink: ReplySink) -> None:
         """Takes the call now if nothing waits before it, else queues it (see the module)."""
@@ -96,11 +97,32 @@ class Mailbox:
             sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
             return
         if not self.takes_now:
+            self._queued += 1
             self._inbox.put_nowait((call, payload, sink))
             return
         self._take(call, payload, sink)
         if self.actor.stop_requested:
             self._stop_taking()
+
+    def take_on_thread(self, call: Call, payload: Sequence[Frame],
+                       sink: ReplySink) -> Callable[[], None] | None:
+        """On the work thread: takes a ``thread=True`` call that nothing waits before, and
+        returns the job to run now, on this thread (the sink must be thread-safe). None
+        if the call is not one to take here: then the loop must ``put`` it."""
+        exposed = self.methods.get(call.method, _THREAD)
+        if not exposed.thread or not self.takes_now:
+            return None
+        self._order.pop_answered()
+        pending = self._order.add(call, sink)
+        if pending is None:
+            return None
+        on_done = functools.partial(self._order.thread_done, pending)
+        try:
+            fn = self._bind(call, payload)
+        except Exception as exc:
+            return functools.partial(on_done, False, exc)
+        check = None if call.deadline is None else functools.partial(_check_deadline, call)
+        return self.actor.work_job(call.method, fn, check, on_done)
 
     async def run(self, *beside: Coroutine[Any, Any, None]) -> None:
         """Host the actor until it stops: ``on_start``, then calls (with ``background()``
@@ -152,6 +174,7 @@ class Mailbox:
         while not self.actor.stop_requested:
             call, payload, sink = await self._inbox.get()
             self._take(call, payload, sink)
+            self._queued -= 1  # only now: the work thread takes nothing before this one
         self._stop_taking()
 
     def _stop_taking(self) -> None:
@@ -166,14 +189,15 @@ class Mailbox:
         if not exposed.ordered:
             self._answer_now(call, payload, sink)
             return
-        entries = self._order.entries
-        while entries and entries[0].replied and entries[0].reply_error is None:
-            entries.popleft()  # answered from the work thread without waking the replier
-        first = not entries
+        self._order.pop_answered()  # answered from the work thread without waking the replier
+        first = not self._order.entries
         pending = self._order.add(call, sink)
+        if pending is None:  # the mailbox has failed: nothing more is taken
+            sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
+            return
         self._start(pending, payload, exposed)
         if first and self._answer_if_final(pending):
-            entries.popleft()
+            self._order.pop(pending)
         elif not (first and self._order.thread_will_answer(pending)):
             self._changed.set()  # (a call the work thread answers itself needs no replier)
 
@@ -211,7 +235,10 @@ class Mailbox:
         entries = self._order.entries
         while True:
             while entries:
-                head = entries[0]
+                try:
+                    head = entries[0]
+                except IndexError:  # the work thread popped the last answered call
+                    break
                 if not head.replied:
                     if self._order.thread_will_answer(head):
                         break  # the work thread (or whoever completes its reply) wakes us
@@ -219,8 +246,7 @@ class Mailbox:
                     self._order.send(head, ok, value)  # may raise: fatal
                 if head.reply_error is not None:
                     raise head.reply_error
-                if entries and entries[0] is head:  # (_take may have popped it meanwhile)
-                    entries.popleft()
+                self._order.pop(head)  # (unless _take popped it meanwhile)
             if not entries and self._handler_done:
                 break
             self._changed.clear()
@@ -293,12 +319,12 @@ class Mailbox:
     def _fail_unanswered(self, error: BaseException) -> None:
         """Every call started or queued but not answered gets ``error`` (best effort); the
         work thread answers nothing from now on."""
-        unanswered = [(p.call, p.sink) for p in self._order.close()]
-        for pending in self._order.entries:  # owned here: an async handler's task is cancelled
+        never, held = self._order.close()
+        unanswered = [(p.call, p.sink) for p in never]
+        for pending in held:  # owned here: an async handler's task is cancelled
             if pending.future is not None:  # (work already running on the thread runs on)
                 pending.future.add_done_callback(_retrieve)
                 pending.future.cancel()
-        self._order.entries.clear()
         while not self._inbox.empty():
             call, _, sink = self._inbox.get_nowait()
             unanswered.append((call, sink))

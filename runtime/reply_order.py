@@ -59,11 +59,29 @@ class ReplyOrder:
         self._taken = 0
         self._next = 0  # seq of the next call to answer; -1 once closed
 
-    def add(self, call: Call, sink: ReplySink) -> Pending:
-        pending = Pending(call, sink, self._taken)
-        self._taken += 1
-        self.entries.append(pending)
+    def add(self, call: Call, sink: ReplySink) -> Pending | None:
+        """The next place in the reply order (the loop or the work thread takes calls);
+        None once closed."""
+        with self._lock:
+            if self._next < 0:
+                return None
+            pending = Pending(call, sink, self._taken)
+            self._taken += 1
+            self.entries.append(pending)
         return pending
+
+    def pop_answered(self) -> None:
+        """Drops answered calls from the front (the work thread's answers wake nobody)."""
+        entries = self.entries
+        with self._lock:
+            while entries and entries[0].replied and entries[0].reply_error is None:
+                entries.popleft()
+
+    def pop(self, pending: Pending) -> None:
+        """Drops ``pending`` if it is still at the front."""
+        with self._lock:
+            if self.entries and self.entries[0] is pending:
+                self.entries.popleft()
 
     def send(self, pending: Pending, ok: bool, value: Any) -> bool:
         """Answers ``pending`` if it is next and unanswered; False otherwise. A sink that
@@ -88,14 +106,17 @@ class ReplyOrder:
         return (self._from_thread and ok and isinstance(value, concurrent.futures.Future)
                 and not value.done())
 
-    def close(self) -> list[Pending]:
-        """No answer leaves from now on; returns the calls that never got one."""
+    def close(self) -> tuple[list[Pending], list[Pending]]:
+        """No call is added or answered from now on; returns (the calls that never got an
+        answer, every call still held), and holds none."""
         with self._lock:
-            unanswered = [p for p in self.entries if not p.replied]
-            for pending in self.entries:
+            held = list(self.entries)
+            self.entries.clear()
+            unanswered = [p for p in held if not p.replied]
+            for pending in held:
                 pending.replied = True
             self._next = -1
-        return unanswered
+        return unanswered, held
 
     # -- on the work thread -------------------------------------------------
     def thread_done(self, pending: Pending, ok: bool, value: Any) -> None:

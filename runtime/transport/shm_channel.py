@@ -1,12 +1,15 @@
 """Same-host ranks over shared memory: one call ring that every rank reads, one reply ring
-per rank, an eventfd per reader to wake it.
+per rank, eventfds to wake the readers.
 
 The executor's :class:`ShmChannel` makes every ring (memfd) and eventfd before
 any rank starts; each rank inherits its :class:`ShmEndpoint` (the fds) when it
 is spawned and attaches with :meth:`ShmServerLink.attach`. A call for several
 ranks is written once (the ring's records carry a bitmask of their readers);
-each rank replies into its own ring. Nothing here has a name in the
-filesystem, so nothing is left behind whoever is killed.
+each rank replies into its own ring. A rank has two wake-ups: its event
+loop's and its work thread's; a call for a ``thread=True`` method wakes the
+work thread, which takes it straight from the ring (lane 1), anything else
+wakes the loop (lane 0). Nothing here has a name in the filesystem, so
+nothing is left behind whoever is killed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class ShmEndpoint:
     call_ring: InheritedFd
     call_capacity: int
     call_wake: InheritedFd
+    call_thread_wake: InheritedFd
     call_space: InheritedFd
     reply_ring: InheritedFd
     reply_capacity: int
@@ -66,7 +70,8 @@ class ShmChannel:
         self._rings: list[MappedRing] = []
         try:
             self.call_ring = self._ring("actorexec-calls", call_capacity, ranks)
-            self.call_wake = [self._eventfd() for _ in range(ranks)]
+            # per rank: (its loop's eventfd, its work thread's eventfd)
+            self.call_wake = [(self._eventfd(), self._eventfd()) for _ in range(ranks)]
             self.call_space = self._eventfd()
             self.reply_rings = [self._ring(f"actorexec-replies-{r}", reply_capacity, 1)
                                 for r in range(ranks)]
@@ -92,21 +97,24 @@ class ShmChannel:
     def endpoint(self, rank: int) -> ShmEndpoint:
         return ShmEndpoint(
             rank=rank, ranks=self.ranks, call_ring=InheritedFd(self.call_ring.fd),
-            call_capacity=self.call_ring.capacity, call_wake=InheritedFd(self.call_wake[rank]),
+            call_capacity=self.call_ring.capacity,
+            call_wake=InheritedFd(self.call_wake[rank][0]),
+            call_thread_wake=InheritedFd(self.call_wake[rank][1]),
             call_space=InheritedFd(self.call_space),
             reply_ring=InheritedFd(self.reply_rings[rank].fd),
             reply_capacity=self.reply_rings[rank].capacity,
             reply_wake=InheritedFd(self.reply_wake[rank]),
             reply_space=InheritedFd(self.reply_space[rank]))
 
-    def send(self, frames: Sequence[Any], ranks_mask: int) -> None:
-        """One message for every rank whose bit is set; never blocks (queues while full)."""
+    def send(self, frames: Sequence[Any], ranks_mask: int, lane: int = 0) -> None:
+        """One message for every rank whose bit is set, waking each rank's loop (lane 0) or
+        work thread (lane 1); never blocks (queues while full)."""
         if self.closed:
             raise TransportClosed("the shared-memory channel is closed")
         if self._sender is None:
             self._sender = RingSender(self.call_ring.ring, self.call_wake, self.call_space,
                                       asyncio.get_running_loop(), "call ring")
-        self._sender.send(frames, ranks_mask)
+        self._sender.send(frames, ranks_mask, lane)
 
     def receive_replies(self, rank: int, deliver: Callable[[list[memoryview]], None]
                         ) -> RingReceiver:
@@ -151,8 +159,8 @@ class ShmCallerLink:
     def start(self, deliver: Callable[[list[memoryview]], None]) -> None:
         self._receiver = self.channel.receive_replies(self.rank, deliver)
 
-    def send(self, frames: Sequence[Any]) -> None:
-        self.channel.send(frames, 1 << self.rank)
+    def send(self, frames: Sequence[Any], lane: int = 0) -> None:
+        self.channel.send(frames, 1 << self.rank, lane)
 
     async def recv(self) -> list[bytes]:
         if self._receiver is None:
@@ -173,15 +181,17 @@ class ShmServerLink:
     def __init__(self, endpoint: ShmEndpoint, loop: asyncio.AbstractEventLoop) -> None:
         self.endpoint = str(endpoint)
         # The eventfds; each MappedRing closes its own memfd.
-        self._fds = [f.fd for f in (endpoint.call_wake, endpoint.call_space,
-                                    endpoint.reply_wake, endpoint.reply_space)]
+        self._fds = [f.fd for f in (endpoint.call_wake, endpoint.call_thread_wake,
+                                    endpoint.call_space, endpoint.reply_wake,
+                                    endpoint.reply_space)]
+        self.thread_wake_fd = endpoint.call_thread_wake.fd
         self._calls = MappedRing(endpoint.call_ring.fd, endpoint.call_capacity, endpoint.ranks,
                                  create=False)
         self._replies = MappedRing(endpoint.reply_ring.fd, endpoint.reply_capacity, 1,
                                    create=False)
         self.receiver = RingReceiver(self._calls.ring, endpoint.rank, endpoint.call_wake.fd,
                                      endpoint.call_space.fd, loop, "call ring")
-        self.sender = RingSender(self._replies.ring, [endpoint.reply_wake.fd],
+        self.sender = RingSender(self._replies.ring, [[endpoint.reply_wake.fd]],
                                  endpoint.reply_space.fd, loop, "reply ring",
                                  max_queued=MAX_QUEUED_PER_PEER)
 

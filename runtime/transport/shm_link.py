@@ -38,24 +38,28 @@ class LinkClosed(Exception):
 class RingSender:
     """Writes messages into ``ring`` for readers given by bitmask; wakes each target.
 
+    A reader may wait on several eventfds ("lanes": its event loop, its work
+    thread); ``send`` says which one to wake. Whoever wakes reads every message
+    in order, so the lane decides only who is woken, never what is read.
+
     ``max_queued`` bounds the messages kept while the ring is full (None: no
     bound, for calls, which are never dropped); past it a message is dropped
     with an error logged (replies to a caller that stopped reading).
     """
 
-    def __init__(self, ring: ShmRing, wake_fds: Sequence[int], space_fd: int,
+    def __init__(self, ring: ShmRing, wake_fds: Sequence[Sequence[int]], space_fd: int,
                  loop: asyncio.AbstractEventLoop, name: str,
                  max_queued: int | None = None) -> None:
         self._ring = ring
         self._writer = RingWriter(ring)
-        self._wake_fds = list(wake_fds)
+        self._wake_fds = [list(fds) for fds in wake_fds]  # per reader: an eventfd per lane
         self._space_fd = space_fd
         self._loop = loop
         self._name = name
         self._max_queued = max_queued
         self._lock = threading.Lock()
-        # Records not yet written, in order: (parts, body, flags, targets, message end).
-        self._queue: deque[tuple[list[Any], int, int, int, bool]] = deque()
+        # Records not yet written, in order: (parts, body, flags, targets, lane, message end).
+        self._queue: deque[tuple[list[Any], int, int, int, int, bool]] = deque()
         self._queued_messages = 0
         self._dropped = 0
         self._waiting = False
@@ -63,9 +67,10 @@ class RingSender:
         self._closed = False
         self._loop_thread = threading.get_ident()  # built on the loop's thread
 
-    def send(self, frames: Sequence[Any], targets: int) -> None:
-        """Writes ``frames`` as one message for the readers in ``targets`` now, or keeps it
-        (in order, copied) until they have made room. Never blocks."""
+    def send(self, frames: Sequence[Any], targets: int, lane: int = 0) -> None:
+        """Writes ``frames`` as one message for the readers in ``targets`` now (waking each
+        on ``lane``), or keeps it (in order, copied) until they have made room. Never
+        blocks."""
         with self._lock:
             if self._closed:
                 raise LinkClosed(f"{self._name} is closed")
@@ -77,7 +82,7 @@ class RingSender:
                         break
                     written += 1
                 if written:
-                    self._wake(targets)
+                    self._wake(targets, lane)
                 if written == len(records):
                     return
             if (written == 0 and self._max_queued is not None
@@ -86,7 +91,7 @@ class RingSender:
                 return
             for i, (parts, body, flags) in enumerate(records[written:], written):
                 owned = [p if isinstance(p, bytes) else bytes(memoryview(p)) for p in parts]
-                self._queue.append((owned, body, flags, targets, i == len(records) - 1))
+                self._queue.append((owned, body, flags, targets, lane, i == len(records) - 1))
             self._queued_messages += 1
         if threading.get_ident() == self._loop_thread:
             self._wait_for_space()
@@ -112,8 +117,7 @@ class RingSender:
         self._ring.set_writer_waiting(True)
         self._loop.add_reader(self._space_fd, self._on_space)
         with self._lock:  # readers not addressed lately may hold the space: let them skip
-            targets = (1 << self._ring.readers) - 1
-            self._wake(targets)
+            self._wake((1 << self._ring.readers) - 1, 0)
         self._on_space()
 
     def _on_space(self) -> None:
@@ -121,17 +125,14 @@ class RingSender:
         if self._closed:
             return
         with self._lock:
-            woken = 0
             while self._queue:
-                parts, body, flags, targets, last = self._queue[0]
+                parts, body, flags, targets, lane, last = self._queue[0]
                 if not self._writer.try_write(parts, body, flags, targets):
                     break
                 self._queue.popleft()
-                woken |= targets
+                self._wake(targets, lane)
                 if last:
                     self._queued_messages -= 1
-            if woken:
-                self._wake(woken)
             empty = not self._queue
         if empty:
             self._stop_waiting()
@@ -159,10 +160,10 @@ class RingSender:
             self._backstop = None
 
     # -- helpers ----------------------------------------------------------------
-    def _wake(self, targets: int) -> None:
-        for index, fd in enumerate(self._wake_fds):
+    def _wake(self, targets: int, lane: int) -> None:
+        for index, fds in enumerate(self._wake_fds):
             if targets >> index & 1:
-                signal(fd)
+                signal(fds[min(lane, len(fds) - 1)])
 
     def _drop(self) -> None:
         self._dropped += 1
@@ -172,7 +173,13 @@ class RingSender:
 
 
 class RingReceiver:
-    """Reader ``index`` of ``ring``, woken through ``wake_fd`` on the loop."""
+    """Reader ``index`` of ``ring``, woken through ``wake_fd`` on the loop.
+
+    Another thread may read too (:meth:`take_one`, the worker's work thread
+    taking its own calls): one reader at a time, under ``lock``, in order. A
+    message that thread reads but does not take is kept here (copied) and
+    delivered by the loop before anything else.
+    """
 
     def __init__(self, ring: ShmRing, index: int, wake_fd: int, space_fd: int,
                  loop: asyncio.AbstractEventLoop, name: str) -> None:
@@ -183,6 +190,8 @@ class RingReceiver:
         self._loop = loop
         self._name = name
         self._deliver: Deliver | None = None
+        self.lock = threading.Lock()
+        self._kept: deque[list[Any]] = deque()  # read by the other thread, for the loop
         self._failure: asyncio.Future[None] = loop.create_future()
         self._failure.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -210,20 +219,19 @@ class RingReceiver:
         self.drain()
 
     def drain(self) -> None:
-        """Delivers every message waiting now."""
+        """Delivers every message waiting now (on the loop)."""
         deliver = self._deliver
         if deliver is None:
             return
-        reader = self._reader
         try:
-            while (frames := reader.next_message()) is not None:
-                try:
-                    deliver(frames)
-                finally:
-                    for frame in frames:  # a view kept past this point is a bug: make it loud
-                        with contextlib.suppress(BufferError):
-                            frame.release()
-                    reader.release()
+            with self.lock:
+                while self._kept:
+                    deliver(self._kept.popleft())
+                while (frames := self._reader.next_message()) is not None:
+                    try:
+                        deliver(frames)
+                    finally:
+                        self._done_with(frames)
         except BaseException as exc:
             logger.error("%s: receiving failed: %r", self._name, exc)
             self.close(exc)
@@ -232,3 +240,42 @@ class RingReceiver:
             return
         if self._ring.writer_waiting:
             signal(self._space_fd)
+
+    def pending(self) -> bool:
+        """Is a message waiting (cheap; any thread)?"""
+        return self._reader.pending()
+
+    def take_one(self, may_take: Callable[[], bool],
+                 take: Callable[[list[memoryview]], bool]) -> bool | None:
+        """From another thread: if ``may_take()`` (checked under the lock), reads the next
+        message and offers it to ``take`` (views valid during the call). One that ``take``
+        declines is kept for the loop, which is woken. Returns True if taken, False if
+        declined, None if nothing was read."""
+        try:
+            with self.lock:
+                if self._deliver is None or self._kept or not may_take():
+                    return None
+                frames = self._reader.next_message()
+                if frames is None:
+                    return None
+                try:
+                    taken = take(frames)
+                    if not taken:
+                        self._kept.append([bytes(frame) for frame in frames])
+                finally:
+                    self._done_with(frames)
+        except BaseException as exc:  # the ring is corrupt: fail on the loop, loudly
+            logger.error("%s: receiving failed: %r", self._name, exc)
+            self._loop.call_soon_threadsafe(self.close, exc)
+            return None
+        if not taken:
+            signal(self._wake_fd)
+        if self._ring.writer_waiting:
+            signal(self._space_fd)
+        return taken
+
+    def _done_with(self, frames: list[memoryview]) -> None:
+        for frame in frames:  # a view kept past this point is a bug: make it loud
+            with contextlib.suppress(BufferError):
+                frame.release()
+        self._reader.release()

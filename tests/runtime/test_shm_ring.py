@@ -108,7 +108,7 @@ async def test_a_sender_keeps_order_while_the_ring_is_full_and_the_receiver_is_w
     mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
     wake, space = new_eventfd(), new_eventfd()
     loop = asyncio.get_running_loop()
-    sender = RingSender(mapped.ring, [wake], space, loop, "test ring")
+    sender = RingSender(mapped.ring, [[wake]], space, loop, "test ring")
     receiver = RingReceiver(mapped.ring, 0, wake, space, loop, "test ring")
     got: list[bytes] = []
     try:

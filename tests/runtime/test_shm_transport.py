@@ -135,7 +135,7 @@ async def test_corrupt_framing_in_the_call_ring_stops_the_actor_loudly_within_a_
         start = time.monotonic()
         # kind 1 (a message), flags 3, a sequence number far from the next one
         _publish_raw_record(channel.call_ring.ring, struct.pack("<IHHQQ", 8, 1, 3, 999, 1))
-        wake(channel.call_wake[0])
+        wake(channel.call_wake[0][0])
         await asyncio.wait_for(ref.exited.wait(), 5)
         assert time.monotonic() - start < 1.0
         assert ref.process.exitcode == FAILED_EXIT_CODE  # loudly, not a clean stop
