@@ -33,6 +33,7 @@ from actorexec.protocol.errors import ProtocolError
 from .actor import Actor
 from .server import ActorServer
 from .transport.shm_channel import ShmEndpoint, ShmServerLink
+from .transport.shm_spin import AdaptiveSpin, max_spin_s
 
 logger = logging.getLogger("actorexec.runtime.server")
 
@@ -55,7 +56,10 @@ class ShmActorServer(ActorServer):
     async def _recv_loop(self) -> None:
         """Runs only once the actor is running, so the ready handshake means serving."""
         self.transport.start(self._on_message)
-        self.actor.work_thread().watch(self.transport.thread_wake_fd, self._poll_on_thread)
+        receiver = self.transport.receiver
+        self.actor.work_thread().watch(self.transport.thread_wake_fd, self._poll_on_thread,
+                                       lambda: receiver.next_lane() in (1, -1),
+                                       AdaptiveSpin(max_spin_s()))
         await self.transport.wait_failure()  # raises why the call ring stopped
 
     def _on_message(self, frames: list[memoryview]) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .transport.shm_fds import drain, new_eventfd, signal
+from .transport.shm_spin import AdaptiveSpin, spin_on_thread
 
 logger = logging.getLogger("actorexec.runtime.actor")
 
@@ -39,7 +40,7 @@ class WorkThread:
         self._name = name
         self._jobs: deque[Job] = deque()
         self._wake = new_eventfd()
-        self._watch: tuple[int, PollOnce] | None = None
+        self._watch: tuple[int, PollOnce, Callable[[], bool], AdaptiveSpin | None] | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -51,13 +52,15 @@ class WorkThread:
         self._start()
         signal(self._wake)
 
-    def watch(self, fd: int, poll_once: PollOnce) -> None:
+    def watch(self, fd: int, poll_once: PollOnce, waiting: Callable[[], bool],
+              spin: AdaptiveSpin | None = None) -> None:
         """Between jobs, call ``poll_once`` whenever ``fd`` (an eventfd) is readable, and
         again while it returns True. Jobs always run first: ``poll_once`` must not take
-        work that was submitted before it (:meth:`has_jobs`)."""
+        work that was submitted before it (:meth:`has_jobs`). With ``spin``, an idle
+        thread first polls ``waiting()`` for the spin's window before it sleeps."""
         if self._closed:
             raise RuntimeError(f"{self._name} is closed")
-        self._watch = (fd, poll_once)
+        self._watch = (fd, poll_once, waiting, spin)
         self._start()
         signal(self._wake)
 
@@ -108,11 +111,26 @@ class WorkThread:
                     watched = watch[0]
                 if watch is not None and not self._closed and self._call(watch[1]):
                     continue  # it took something: jobs first, then look again
+                spin = None if watch is None else watch[3]
+                if spin is not None and self._spun(spin, watch[2], watch[0]):  # type: ignore[index]
+                    continue
                 ready = poller.poll()  # sleeps with the GIL released
+                if spin is not None:
+                    spin.arrived()
                 for fd, _ in ready:
                     drain(fd)
         finally:
             os.close(self._wake)
+
+    def _spun(self, spin: AdaptiveSpin, waiting: Callable[[], bool], fd: int) -> bool:
+        """The short wait before sleeping; True if work came meanwhile."""
+        spin.waiting()
+        if not spin_on_thread(spin.window(), lambda: bool(self._jobs) or waiting()):
+            return False
+        spin.arrived()
+        drain(self._wake)  # signalled for what came: not a reason to wake later
+        drain(fd)
+        return True
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:

@@ -24,6 +24,7 @@ from .base import TransportClosed
 from .peer_outbox import MAX_QUEUED_PER_PEER
 from .shm_fds import InheritedFd, MappedRing, close_fds, new_eventfd
 from .shm_link import RingReceiver, RingSender
+from .shm_spin import CALLER_FACTOR, AdaptiveSpin, LoopSpin, max_spin_s
 
 # Ring sizes. memfd pages are allocated only when first touched; a ring cycles through
 # all of its pages, so these are also what each ring costs in memory once busy. A
@@ -82,6 +83,9 @@ class ShmChannel:
             raise
         self._sender: RingSender | None = None
         self._receivers: dict[int, RingReceiver] = {}
+        self._loop_spin: LoopSpin | None = None  # the short wait for replies
+        self._spin = AdaptiveSpin(CALLER_FACTOR * max_spin_s())
+        self._outstanding = 0  # replies owed (every call gets exactly one per rank)
         self.closed = False
 
     def _ring(self, name: str, capacity: int, readers: int) -> MappedRing:
@@ -112,9 +116,17 @@ class ShmChannel:
         if self.closed:
             raise TransportClosed("the shared-memory channel is closed")
         if self._sender is None:
+            loop = asyncio.get_running_loop()
             self._sender = RingSender(self.call_ring.ring, self.call_wake, self.call_space,
-                                      asyncio.get_running_loop(), "call ring")
+                                      loop, "call ring")
+            self._loop_spin = LoopSpin(loop, self._replies_waiting, self._take_replies,
+                                       more=lambda: self._outstanding > 0)
         self._sender.send(frames, ranks_mask, lane)
+        if self._outstanding == 0:
+            self._spin.waiting()
+        self._outstanding += ranks_mask.bit_count()
+        assert self._loop_spin is not None
+        self._loop_spin.start(self._spin.window())
 
     def receive_replies(self, rank: int, deliver: Callable[[list[memoryview]], None]
                         ) -> RingReceiver:
@@ -123,8 +135,23 @@ class ShmChannel:
                                 self.reply_space[rank], asyncio.get_running_loop(),
                                 f"reply ring of rank {rank}")
         self._receivers[rank] = receiver
-        receiver.start(deliver)
+
+        def counted(frames: list[memoryview]) -> None:
+            self._outstanding = max(0, self._outstanding - 1)
+            if self._outstanding == 0:
+                self._spin.arrived()
+            deliver(frames)
+
+        receiver.start(counted)
         return receiver
+
+    def _replies_waiting(self) -> bool:
+        return any(receiver.pending() for receiver in self._receivers.values())
+
+    def _take_replies(self) -> None:
+        for receiver in list(self._receivers.values()):
+            if receiver.pending():
+                receiver.drain()
 
     def stop_replies(self, rank: int) -> None:
         receiver = self._receivers.pop(rank, None)
@@ -134,6 +161,8 @@ class ShmChannel:
     def close(self) -> None:
         """Stops every ring end and frees the fds (idempotent; the executor's shutdown)."""
         self.closed = True
+        if getattr(self, "_loop_spin", None) is not None:
+            self._loop_spin.stop()  # type: ignore[union-attr]
         for rank in list(getattr(self, "_receivers", {})):
             self.stop_replies(rank)
         sender = getattr(self, "_sender", None)
@@ -190,7 +219,8 @@ class ShmServerLink:
         self._replies = MappedRing(endpoint.reply_ring.fd, endpoint.reply_capacity, 1,
                                    create=False)
         self.receiver = RingReceiver(self._calls.ring, endpoint.rank, endpoint.call_wake.fd,
-                                     endpoint.call_space.fd, loop, "call ring")
+                                     endpoint.call_space.fd, loop, "call ring",
+                                     AdaptiveSpin(max_spin_s()))
         self.sender = RingSender(self._replies.ring, [[endpoint.reply_wake.fd]],
                                  endpoint.reply_space.fd, loop, "reply ring",
                                  max_queued=MAX_QUEUED_PER_PEER)

@@ -24,6 +24,7 @@ from typing import Any
 
 from .shm_fds import drain, signal
 from .shm_ring import RingReader, RingWriter, ShmRing
+from .shm_spin import AdaptiveSpin, LoopSpin
 
 logger = logging.getLogger("actorexec.runtime.transport")
 
@@ -74,7 +75,7 @@ class RingSender:
         with self._lock:
             if self._closed:
                 raise LinkClosed(f"{self._name} is closed")
-            records = self._writer.message_records(frames)
+            records = self._writer.message_records(frames, lane)
             written = 0
             if not self._queue:
                 for parts, body, flags in records:
@@ -182,7 +183,8 @@ class RingReceiver:
     """
 
     def __init__(self, ring: ShmRing, index: int, wake_fd: int, space_fd: int,
-                 loop: asyncio.AbstractEventLoop, name: str) -> None:
+                 loop: asyncio.AbstractEventLoop, name: str,
+                 spin: AdaptiveSpin | None = None) -> None:
         self._ring = ring
         self._reader = RingReader(ring, index)
         self._wake_fd = wake_fd
@@ -192,6 +194,9 @@ class RingReceiver:
         self._deliver: Deliver | None = None
         self.lock = threading.Lock()
         self._kept: deque[list[Any]] = deque()  # read by the other thread, for the loop
+        # The loop's short wait for its next message (lane 0: not one the other thread takes).
+        self._spin = spin
+        self._loop_spin = LoopSpin(loop, self._loop_message_waits, self._on_wake)
         self._failure: asyncio.Future[None] = loop.create_future()
         self._failure.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -207,6 +212,7 @@ class RingReceiver:
 
     def close(self, why: BaseException | None = None) -> None:
         """Stops delivering; ``wait_failure`` raises ``why`` (LinkClosed by default)."""
+        self._loop_spin.stop()
         if self._deliver is not None:
             with contextlib.suppress(ValueError, OSError):  # the loop or fd already closed
                 self._loop.remove_reader(self._wake_fd)
@@ -216,7 +222,18 @@ class RingReceiver:
 
     def _on_wake(self) -> None:
         drain(self._wake_fd)
+        spin = self._spin
+        if spin is None:
+            self.drain()
+            return
+        spin.arrived()
         self.drain()
+        spin.waiting()
+        self._loop_spin.start(spin.window())
+
+    def _loop_message_waits(self) -> bool:
+        lane = self._reader.next_lane()
+        return lane is not None and lane != 1
 
     def drain(self) -> None:
         """Delivers every message waiting now (on the loop)."""
@@ -244,6 +261,10 @@ class RingReceiver:
     def pending(self) -> bool:
         """Is a message waiting (cheap; any thread)?"""
         return self._reader.pending()
+
+    def next_lane(self) -> int | None:
+        """A hint: the lane of the next message (``RingReader.next_lane``)."""
+        return self._reader.next_lane()
 
     def take_one(self, may_take: Callable[[], bool],
                  take: Callable[[list[memoryview]], bool]) -> bool | None:

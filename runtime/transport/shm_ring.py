@@ -18,7 +18,8 @@ kind u16, flags u16, sequence number u64, target bitmask u64) and its body. A
 record never wraps: when it does not fit before the end, the writer leaves a
 WRAP record there and starts again at offset 0. A message is one record
 (FIRST | LAST), or, when larger than a quarter of the ring, a run of CHUNK
-records (the first also FIRST, the last also LAST) that the readers join. A
+records (the first also FIRST, the last also LAST) that the readers join;
+LANE1 marks a message whose readers' work threads were woken for it. A
 message body is ``u32 frame count, u32 length per frame``, then the frames
 back to back; readers get ``memoryview``s of the frames in
 the ring itself, valid until they release the record.
@@ -57,6 +58,7 @@ _U32 = struct.Struct("<I")
 KIND_MESSAGE, KIND_WRAP = 1, 2
 FIRST, LAST, CHUNK = 1, 2, 4  # a whole message is FIRST | LAST; chunks carry CHUNK
 _FLAGS = frozenset({FIRST | LAST, CHUNK | FIRST, CHUNK, CHUNK | LAST})
+LANE1 = 8  # whom the writer woke for it: the reader's work thread (else its event loop)
 MAX_FRAMES = 4096
 
 _fence_lock = threading.Lock()
@@ -152,17 +154,20 @@ class RingWriter:
         self.ring = ring
         self._seq = 0
 
-    def message_records(self, frames: Sequence[Any]) -> list[tuple[list[Any], int, int]]:
+    def message_records(self, frames: Sequence[Any],
+                        lane: int = 0) -> list[tuple[list[Any], int, int]]:
         """``frames`` as records ``(parts, body length, flags)``: one, or chunks of a copy
         when the message is larger than a quarter of the ring."""
         prefix, body = _body_prefix(frames)
+        lane_flag = LANE1 if lane else 0
         if body <= self.ring.max_chunk:
-            return [([prefix, *frames], body, FIRST | LAST)]
+            return [([prefix, *frames], body, FIRST | LAST | lane_flag)]
         whole = memoryview(b"".join([prefix, *(bytes(memoryview(f)) for f in frames)]))
         step = self.ring.max_chunk
         chunks = []
         for start in range(0, body, step):
-            flags = CHUNK | (FIRST if start == 0 else 0) | (LAST if start + step >= body else 0)
+            flags = (CHUNK | lane_flag | (FIRST if start == 0 else 0)
+                     | (LAST if start + step >= body else 0))
             piece = whole[start:start + step]
             chunks.append(([piece], piece.nbytes, flags))
         return chunks
@@ -221,6 +226,19 @@ class RingReader:
         """Has the writer published anything this reader has not consumed?"""
         return self.ring.words[_W_WRITE] != self._pos
 
+    def next_lane(self) -> int | None:
+        """Without consuming: None if nothing is waiting; else the lane (0 or 1) of the next
+        record, or -1 if it is not plainly a message for this reader (anyone may read on).
+        Unchecked, so only a hint: the read itself checks everything."""
+        ring = self.ring
+        if ring.words[_W_WRITE] == self._pos:
+            return None
+        fence()
+        _, kind, flags, _, targets = _RECORD.unpack_from(ring.data, self._pos % ring.capacity)
+        if kind != KIND_MESSAGE or not targets & self.bit:
+            return -1
+        return 1 if flags & LANE1 else 0
+
     def next_message(self) -> list[memoryview] | None:
         ring = self.ring
         end = ring.words[_W_WRITE]
@@ -239,7 +257,7 @@ class RingReader:
                 continue
             start = offset + _RECORD.size
             view = ring.data[start:start + body]
-            if flags == FIRST | LAST:
+            if flags & ~LANE1 == FIRST | LAST:
                 return self._frames(view)
             if flags & FIRST:
                 if self._chunks is not None:
@@ -271,7 +289,7 @@ class RingReader:
         if kind == KIND_WRAP:
             if offset + _RECORD.size + body != ring.capacity:
                 raise RingCorrupt("a WRAP record that does not reach the end of the ring")
-        elif kind != KIND_MESSAGE or flags not in _FLAGS:
+        elif kind != KIND_MESSAGE or flags & ~LANE1 not in _FLAGS:
             raise RingCorrupt(f"record of unknown kind {kind} or flags {flags}")
         elif offset + _RECORD.size + body > ring.capacity or body > ring.max_chunk:
             raise RingCorrupt(f"record body of {body} bytes overruns the ring")
