@@ -31,7 +31,7 @@ from actorexec.protocol.errors import ActorClosedError, ActorDiedError, Protocol
 from .actor import READY_METHOD
 from .child import FAILED_EXIT_CODE, ExitCleanup, child_main
 from .errors import ActorFatalError, error_from, type_name
-from .refs import ActorRef, DeathCallback, PreparedCall, arm_deadline
+from .refs import ActorRef, DeathCallback, PreparedCall, ReplyFuture, arm_deadline
 from .transport import TransportClosed, connect_dealer, resolve_backend
 
 logger = logging.getLogger("actorexec.runtime.process")
@@ -125,7 +125,7 @@ class ProcessRef(ActorRef):
                deadline: float | None) -> asyncio.Future[Any]:
         """The future of call ``call_id``, just sent to this actor; failed at once if this
         ref no longer accepts calls (then nothing was sent to it)."""
-        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut: asyncio.Future[Any] = ReplyFuture(loop=self._loop)
         if not self.accepts_calls:
             fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
             return fut

@@ -21,6 +21,7 @@ from typing import Any
 
 from actorexec.protocol.errors import ExecutorFailedError
 from actorexec.runtime import ActorFatalError, CallTimeoutError
+from actorexec.runtime.refs import ReplyFuture
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -47,14 +48,24 @@ class CollectiveReplies:
         self._failed = 0
         self.result: asyncio.Future[Any] = self.futs[0].get_loop().create_future()
         for fut in self.futs:
-            fut.add_done_callback(self._done)
+            if isinstance(fut, ReplyFuture):
+                fut.add_eager_callback(self._done)  # judged as it settles: one loop turn less
+            else:
+                fut.add_done_callback(self._done)
 
     def _done(self, fut: asyncio.Future[Any]) -> None:
+        # May run eagerly, inside another rank's settling (a broken executor fails every
+        # pending call): so this rank's outcome reaches ``result`` before anything breaks.
         _retrieve(fut)  # the caller sees failures through ``result`` (or the futures themselves)
         self._answered += 1
         error = None if fut.cancelled() else fut.exception()
         if error is not None or fut.cancelled():
             self._failed += 1
+        if not self.result.done():
+            if error is not None:
+                self.result.set_exception(error)
+            elif fut.cancelled():
+                self.result.cancel()
         if fut.cancelled():
             self._break(ExecutorFailedError(f"call {self.method!r} was cancelled on a rank"))
         elif isinstance(error, ActorFatalError):
@@ -65,11 +76,6 @@ class CollectiveReplies:
                 f"ranks diverged: call {self.method!r} got no reply from rank(s) {late} by its "
                 "deadline; whether they ran it is unknown, so the ranks can no longer be "
                 f"trusted to agree ({error})"))
-        if not self.result.done():
-            if error is not None:
-                self.result.set_exception(error)
-            elif fut.cancelled():
-                self.result.cancel()
         if self._answered == len(self.futs):
             self._judge()
 

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-DEFAULT_MAX_US = 200.0
+DEFAULT_MAX_US = 400.0
 CALLER_FACTOR = 2.5  # a caller waits for a whole round trip: its window may be longer
 _SAMPLES = 8
 
