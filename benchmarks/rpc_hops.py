@@ -227,13 +227,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.0)
     parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--out")
+    parser.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
+        os.path.dirname(__file__), "results", f"rpc_hops-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     args = parser.parse_args()
     result = run(measure(args.transport, args.workers, args.iters, args.gap_ms / 1e3),
                  use_uvloop=args.uvloop)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), **result}, f, indent=2)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"args": vars(args), **result}, f, indent=2)
     print(f"transport={args.transport} workers={args.workers} gap={args.gap_ms} ms "
           f"uvloop={args.uvloop}: median round trip {result['total_us']:.1f} us (rank 0 hops)")
     total = 0.0

@@ -103,7 +103,9 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     subclass, or ``"module:QualName"``; ``None`` picks ``"uni"`` for one rank
     and ``"mp"`` otherwise. ``pipeline_layer_split`` gives the number of
     decoder layers per stage (default: as even as possible, earlier stages
-    taking the remainder). ``transport="tcp"`` binds to ``host`` only.
+    taking the remainder). ``transport``: ``"shm"`` (same-host ranks over shared-memory
+    rings; the default, on Linux), ``"ipc"`` (ZeroMQ over unix sockets; where shared
+    memory is not available) or ``"tcp"`` (ZeroMQ; binds to ``host`` only).
     """
 
     tensor_parallel_size: int = 1
@@ -112,7 +114,7 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # str | type[Executor] | None; Any because a class never crosses the wire
     # (wire_config turns it into "module:QualName" first).
     distributed_executor_backend: Any = None
-    transport: str = "ipc"
+    transport: str = "shm"
     host: str = "127.0.0.1"
     zmq_backend: str = "auto"
     allow_callable_rpc: bool = False

@@ -11,6 +11,7 @@ from actorexec.runtime import ProcessRef
 from actorexec.runtime.endpoints import EndpointDir, tcp
 from actorexec.runtime.shm_ref import ShmProcessRef
 from actorexec.runtime.transport.shm_channel import ShmChannel
+from actorexec.runtime.transport.shm_fds import shm_available
 
 from .abstract import Executor
 
@@ -36,20 +37,26 @@ class MultiprocExecutor(Executor):
         self._channel: ShmChannel | None = None
         self.refs: list[ProcessRef] = []  # type: ignore[assignment]
 
+    @property
+    def _transport(self) -> str:
+        """The configured transport; shm falls back to ipc where memfd/eventfd are missing."""
+        transport = self.parallel_config.transport
+        return "ipc" if transport == "shm" and not shm_available() else transport
+
     def _endpoint(self, rank: int) -> str:
-        if self.parallel_config.transport == "tcp":
+        if self._transport == "tcp":
             return tcp(self.parallel_config.host)
         assert self._dir is not None
         return self._dir.ipc(f"rank{rank}.sock")
 
     async def _start_workers(self) -> None:
         p = self.parallel_config
-        if p.transport == "ipc" or self.world_size > 1:
+        if self._transport == "ipc" or self.world_size > 1:
             self._dir = EndpointDir()
         store = None if self.world_size == 1 else os.path.join(self._dir.path, STORE_FILE)
         config = wire_config(self.config)
         init_method = None if store is None else f"file://{store}"
-        if p.transport == "shm":
+        if self._transport == "shm":
             self._channel = ShmChannel(self.world_size)  # every ring before any rank exists
         private_dir = None if self._dir is None else self._dir.path
         shared_files = () if store is None else (store,)

@@ -24,7 +24,7 @@ from .base import TransportClosed
 from .peer_outbox import MAX_QUEUED_PER_PEER
 from .shm_fds import InheritedFd, MappedRing, close_fds, new_eventfd
 from .shm_link import RingReceiver, RingSender
-from .shm_spin import CALLER_FACTOR, AdaptiveSpin, LoopSpin, max_spin_s
+from .shm_spin import AdaptiveSpin, LoopSpin, max_spin_s
 
 # Ring sizes. memfd pages are allocated only when first touched; a ring cycles through
 # all of its pages, so these are also what each ring costs in memory once busy. A
@@ -84,7 +84,7 @@ class ShmChannel:
         self._sender: RingSender | None = None
         self._receivers: dict[int, RingReceiver] = {}
         self._loop_spin: LoopSpin | None = None  # the short wait for replies
-        self._spin = AdaptiveSpin(CALLER_FACTOR * max_spin_s())
+        self._spin = AdaptiveSpin(max_spin_s(ranks, caller=True))
         self._outstanding = 0  # replies owed (every call gets exactly one per rank)
         self.closed = False
 
@@ -214,13 +214,14 @@ class ShmServerLink:
                                     endpoint.call_space, endpoint.reply_wake,
                                     endpoint.reply_space)]
         self.thread_wake_fd = endpoint.call_thread_wake.fd
+        self.ranks = endpoint.ranks
         self._calls = MappedRing(endpoint.call_ring.fd, endpoint.call_capacity, endpoint.ranks,
                                  create=False)
         self._replies = MappedRing(endpoint.reply_ring.fd, endpoint.reply_capacity, 1,
                                    create=False)
         self.receiver = RingReceiver(self._calls.ring, endpoint.rank, endpoint.call_wake.fd,
                                      endpoint.call_space.fd, loop, "call ring",
-                                     AdaptiveSpin(max_spin_s()))
+                                     AdaptiveSpin(max_spin_s(endpoint.ranks)))
         self.sender = RingSender(self._replies.ring, [[endpoint.reply_wake.fd]],
                                  endpoint.reply_space.fd, loop, "reply ring",
                                  max_queued=MAX_QUEUED_PER_PEER)

@@ -38,6 +38,11 @@ def _rebuild_fd(dup: Any) -> InheritedFd:
     return InheritedFd(dup.detach())
 
 
+def shm_available() -> bool:
+    """memfd and eventfd exist here (Linux)."""
+    return hasattr(os, "memfd_create") and hasattr(os, "eventfd")
+
+
 def new_eventfd() -> int:
     """A non-blocking eventfd (a wake-up counter a loop can wait on)."""
     return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)

@@ -8,8 +8,9 @@ eventfd; if they were long (a step every 5 ms, an idle executor), it sleeps at
 once, so an idle rank uses no CPU at all. Why: waking a sleeping thread costs
 20-35 µs on an idle core of a GPU host (measured, ``docs/runtime.md``), and
 the core it runs on comes back cold; a back-to-back caller is answered
-without either. ``ACTOREXEC_SHM_SPIN_US`` sets ``max_s`` in microseconds for
-every site of a process (0 turns the wait off; children inherit it).
+without either. ``ACTOREXEC_SHM_SPIN_US`` sets a worker's ``max_s`` in
+microseconds, ``ACTOREXEC_SHM_CALLER_SPIN_US`` the executor's (0 turns the wait
+off; children inherit them).
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-DEFAULT_MAX_US = 400.0
-CALLER_FACTOR = 2.5  # a caller waits for a whole round trip: its window may be longer
+WORKER_MAX_US = 400.0
+CALLER_MAX_US = 1000.0  # a caller waits for a whole round trip: its window may be longer
 _SAMPLES = 8
 
 
-def max_spin_s(default_us: float = DEFAULT_MAX_US) -> float:
-    return float(os.environ.get("ACTOREXEC_SHM_SPIN_US", default_us)) / 1e6
+def max_spin_s(ranks: int, caller: bool = False) -> float:
+    """The longest short wait for a site of a channel of ``ranks`` ranks: 0 when this
+    process may use fewer cores than there are waiters (each rank and the executor), since
+    a waiter that polls would then take the core its peer needs."""
+    if len(os.sched_getaffinity(0)) < ranks + 1:
+        return 0.0
+    name, default = (("ACTOREXEC_SHM_CALLER_SPIN_US", CALLER_MAX_US) if caller
+                     else ("ACTOREXEC_SHM_SPIN_US", WORKER_MAX_US))
+    return float(os.environ.get(name, default)) / 1e6
 
 
 class AdaptiveSpin:
@@ -101,4 +109,5 @@ class LoopSpin:
             if self._more is None or not self._more():
                 return
         if time.perf_counter() < self._deadline:
+            os.sched_yield()  # whoever we wait for may need this core
             self._handle = self._loop.call_soon(self._turn)
