@@ -190,7 +190,21 @@ class ProcessRef(ActorRef):
         except ProtocolError as exc:
             fut.set_exception(exc)
 
+    def notice_exit(self) -> bool:
+        """Handles the process's exit now if it has exited, without waiting for the loop to
+        see the sentinel; True if it has. Why: a peer rank's reply may report the death
+        (a collective that lost this rank) before the loop has seen it; the caller checks
+        first, so the step fails naming the dead rank."""
+        if self.exited.is_set():
+            return True
+        if self.process.exitcode is None:  # waitpid(WNOHANG): never blocks
+            return False
+        self._on_exit()
+        return True
+
     def _on_exit(self) -> None:
+        if self.exited.is_set():
+            return
         self._loop.remove_reader(self.process.sentinel)
         self.process.join(0.1)  # reap: the sentinel closes just before the exit status is ready
         code = self.process.exitcode

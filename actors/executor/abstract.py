@@ -165,7 +165,8 @@ class Executor(abc.ABC):
         prepared = self._prepare(method, args, kwargs)
         deadline = None if timeout is None else time.time() + timeout
         futs = submit_all(self.refs, prepared, deadline)  # one write for same-host ranks
-        replies = CollectiveReplies(prepared.method, futs, unique_reply_rank, self._fail)
+        replies = CollectiveReplies(prepared.method, futs, unique_reply_rank, self._fail,
+                                    self._notice_deaths)
         if non_block:
             replies.result.add_done_callback(lambda f: f.cancelled() or f.exception())
             return futs
@@ -222,6 +223,13 @@ class Executor(abc.ABC):
 
     def _on_worker_death(self, ref: ActorRef, error: BaseException) -> None:
         self._fail(error)
+
+    def _notice_deaths(self) -> None:
+        """Handles now any worker that has died and whose death the loop has not seen yet."""
+        for ref in self.refs:
+            notice = getattr(ref, "notice_exit", None)
+            if notice is not None:
+                notice()
 
     def _check_usable(self) -> None:
         if self.failure is not None:

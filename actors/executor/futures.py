@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actorexec.protocol.errors import ExecutorFailedError
+from actorexec.protocol.errors import ExecutorFailedError, RemoteError
 from actorexec.runtime import ActorFatalError, CallTimeoutError
 from actorexec.runtime.refs import ReplyFuture
 
@@ -38,11 +38,13 @@ class CollectiveReplies:
     """
 
     def __init__(self, method: str, futs: Sequence[asyncio.Future[Any]], reply_rank: int | None,
-                 on_broken: Callable[[BaseException], None]) -> None:
+                 on_broken: Callable[[BaseException], None],
+                 notice_deaths: Callable[[], None] = lambda: None) -> None:
         self.method = method
         self.futs = list(futs)
         self.reply_rank = reply_rank
         self._on_broken = on_broken
+        self._notice_deaths = notice_deaths
         self._broken = False
         self._answered = 0
         self._failed = 0
@@ -59,6 +61,10 @@ class CollectiveReplies:
         _retrieve(fut)  # the caller sees failures through ``result`` (or the futures themselves)
         self._answered += 1
         error = None if fut.cancelled() else fut.exception()
+        if isinstance(error, RemoteError):
+            # A rank that failed may have failed because another died (a collective lost
+            # its peer): a death not yet seen is handled first, and names the dead rank.
+            self._notice_deaths()
         if error is not None or fut.cancelled():
             self._failed += 1
         if not self.result.done():

@@ -245,3 +245,18 @@ async def test_a_call_to_every_same_host_rank_is_written_once_into_shared_memory
         before = ring.write_position
         assert await ex.collective_rpc("echo", (b"x" * 10_000,)) == [b"x" * 10_000] * 2
         assert 10_000 < ring.write_position - before < 2 * 10_000  # one copy for both ranks
+
+
+@pytest.mark.timeout(60)
+async def test_a_failure_caused_by_a_peers_death_fails_the_call_naming_the_dead_rank():
+    # Over shared memory a surviving rank's reply ("the collective lost its peer") can reach
+    # the executor before its loop has seen the dead rank's sentinel. The call must still
+    # fail with the death, naming the rank that died, not with the survivor's symptom.
+    async with await Executor.create(make_config("mp-shm", tp=2)) as ex:
+        victim = ex.refs[0]
+        fut = ex.collective_rpc("die_or_fail_after", (0, 0.3))
+        time.sleep(1.0)  # the loop sees nothing: rank 0 is dead, rank 1's failure waits
+        ex._channel._receivers[1].drain()  # rank 1's reply is delivered first
+        with pytest.raises(ActorDiedError, match="rank 0") as info:
+            await fut
+        assert str(victim.pid) in str(info.value) and ex.is_failed
