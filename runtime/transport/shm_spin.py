@@ -27,14 +27,17 @@ _SAMPLES = 8
 
 
 def max_spin_s(ranks: int, caller: bool = False) -> float:
-    """The longest short wait for a site of a channel of ``ranks`` ranks: 0 when this
-    process may use fewer cores than there are waiters (each rank and the executor), since
-    a waiter that polls would then take the core its peer needs."""
-    if len(os.sched_getaffinity(0)) < ranks + 1:
-        return 0.0
+    """The longest short wait for a site of a channel of ``ranks`` ranks. By default 0
+    when this process may use fewer cores than there are waiters (each rank and the
+    executor), since a waiter that polls would then take the core its peer needs; the
+    environment variable, when set, is taken as it is."""
     name, default = (("ACTOREXEC_SHM_CALLER_SPIN_US", CALLER_MAX_US) if caller
                      else ("ACTOREXEC_SHM_SPIN_US", WORKER_MAX_US))
-    return float(os.environ.get(name, default)) / 1e6
+    if name in os.environ:
+        return float(os.environ[name]) / 1e6
+    if len(os.sched_getaffinity(0)) < ranks + 1:
+        return 0.0
+    return default / 1e6
 
 
 class AdaptiveSpin:
