@@ -260,3 +260,35 @@ async def test_a_failure_caused_by_a_peers_death_fails_the_call_naming_the_dead_
         with pytest.raises(ActorDiedError, match="rank 0") as info:
             await fut
         assert str(victim.pid) in str(info.value) and ex.is_failed
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.timeout(120)
+async def test_with_the_short_wait_on_two_ranks_keep_order_and_an_idle_rank_uses_no_cpu(
+        monkeypatch):
+    # The short wait is off by default where cores are fewer than waiters (this CI host);
+    # forced on here so its paths run with two ranks: pollers on the loop and on the work
+    # thread of each rank, and on the executor's loop.
+    monkeypatch.setenv("ACTOREXEC_SHM_SPIN_US", "400")
+    monkeypatch.setenv("ACTOREXEC_SHM_CALLER_SPIN_US", "1000")
+    async with await Executor.create(make_config("mp-shm", tp=2)) as ex:
+        for start in range(0, 1000, 50):  # steps (work thread) and loop calls, interleaved
+            steps = [ex.execute_model(step(i)) for i in range(start, start + 50)]
+            noops = [ex.collective_rpc("noop") for _ in range(10)]
+            outs = await asyncio.wait_for(asyncio.gather(*steps), 20)
+            assert [o.step_id for o in outs] == list(range(start, start + 50))
+            assert await asyncio.gather(*noops) == [[None, None]] * 10
+        for _ in range(200):  # back-to-back: every waiter has learned short waits
+            await ex.execute_model(step(1000))
+        history = await ex.collective_rpc("history", unique_reply_rank=1)
+        assert [tuple(x) for x in history[2:1002]] == [("step", i) for i in range(1000)]
+        await asyncio.sleep(0.2)  # past every window
+        before = [_cpu_seconds(ref.pid) for ref in ex.refs]
+        await asyncio.sleep(1.0)
+        used = [_cpu_seconds(ref.pid) - b for ref, b in zip(ex.refs, before, strict=True)]
+        assert max(used) < 0.05, f"idle ranks used {used} s of CPU in 1 s"
