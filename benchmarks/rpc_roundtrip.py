@@ -1,17 +1,24 @@
-"""Round trip of ``collective_rpc`` to mp and ray workers vs. raw pyzmq and plain Ray calls.
+"""Per-step control plane: round trip and CPU of actorexec's executor vs vLLM's shm queue.
 
-Measures median and p99 of: a no-op (``check_health``, answered from each
-worker's loop) and a 256-request decode ``SchedulerOutput`` (``execute_model``
-on a test worker that returns a small ModelRunnerOutput without a model; every
-rank answers, the output rank with the output), to 1 and 2 workers, on the
-default loop and on uvloop, for the ``mp`` backend (ipc, and tcp on 127.0.0.1)
-and, when Ray is installed, the ``ray`` backend (a local one-node Ray cluster;
-tcp to the node IP). Baselines in the same run: the same encoded bytes echoed
-through one raw pyzmq DEALER/ROUTER pair (thread peer), and sent as plain Ray
-actor calls (``actor.execute_model.remote(bytes)`` to every rank, awaited
-together; the actor decodes the step and returns the same encoded reply our
-worker sends).
-Usage: python benchmarks/rpc_roundtrip.py [--iters 2000] [--no-ray] [--out PATH]
+For 1 and 2 workers, each system runs the same phases: a 256-request decode
+``SchedulerOutput`` out and a 256-entry ``ModelRunnerOutput`` back,
+back-to-back (``b2b``), with a 5 ms gap between steps (``gap5ms``, like a GPU
+step) and a 1.2 s gap (``gap1200ms``); an empty message back-to-back
+(``empty``); and no traffic at all (``idle``, CPU only). Per phase: median and
+p99 round trip, and the CPU the workers (each, on average) and the driver
+used, in % of one core over the phase's wall time (psutil).
+
+Systems: actorexec's ``mp`` executor over shared memory (``shm``, the default)
+and over ZeroMQ ipc (the previous default), with the test ``EchoWorker`` (the
+real Worker, no model; every rank answers a step, the output rank with the
+output); vLLM's ``shm_broadcast.MessageQueue`` wired as vLLM's multiprocess
+executor wires it (``vllm_mq_baseline.py``; only the output rank answers a
+step), when vLLM imports; and a raw pyzmq DEALER/ROUTER echo of the same bytes
+between two processes (1 worker only). Repetitions are interleaved; the table
+shows the median of the per-run medians.
+
+Usage: python benchmarks/rpc_roundtrip.py [--reps 3] [--iters 2000] [--gap-iters 300]
+       [--long-gap-iters 8] [--systems shm,ipc,vllm,zmq] [--uvloop] [--out PATH]
 """
 
 from __future__ import annotations
@@ -19,16 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
+import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
+import psutil
 import zmq
-import zmq.asyncio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,13 +46,13 @@ from actorexec.protocol import (
     CachedRequestData,
     Config,
     ModelConfig,
-    ModelRunnerOutput,
     ParallelConfig,
     SchedulerOutput,
 )
 from actorexec.runtime import run
 
 WORKER = "tests.actors.executor.workers:EchoWorker"
+Phase = tuple[str, int, float]  # name, calls, gap between calls (s)
 
 
 def decode_step(n: int = 256) -> SchedulerOutput:
@@ -55,172 +64,229 @@ def decode_step(n: int = 256) -> SchedulerOutput:
                            num_scheduled_tokens=dict.fromkeys(ids, 1))
 
 
-def stats(samples: list[float]) -> dict[str, float]:
+class CpuMeter:
+    """CPU seconds of the workers and of this process between ``start`` and ``stop``."""
+
+    def __init__(self, worker_pids: list[int]) -> None:
+        self.workers = [psutil.Process(pid) for pid in worker_pids]
+        self.me = psutil.Process()
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._w0 = [self._cpu(p) for p in self.workers]
+        self._d0 = self._cpu(self.me)
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._t0
+        workers = [self._cpu(p) - w0 for p, w0 in zip(self.workers, self._w0, strict=True)]
+        return {"worker_cpu_pct": 100 * statistics.mean(workers) / wall,
+                "driver_cpu_pct": 100 * (self._cpu(self.me) - self._d0) / wall}
+
+
+def summarise(samples: list[float], cpu: dict[str, float]) -> dict[str, float]:
     s = sorted(samples)
-    return {"median_us": statistics.median(s) * 1e6, "p99_us": s[int(0.99 * (len(s) - 1))] * 1e6}
+    out = {"median_us": statistics.median(s) * 1e6, "p99_us": s[int(0.99 * (len(s) - 1))] * 1e6}
+    return {**out, **cpu}
 
 
-async def timed(call: Callable[[], Awaitable[object]], iters: int) -> dict[str, float]:
-    for _ in range(iters // 10):
-        await call()
-    samples = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - t0)
-    return stats(samples)
-
-
-async def bench_executor(workers: int, iters: int, backend: str = "mp",
-                         transport: str = "ipc") -> dict[str, dict[str, float]]:
-    config = Config(model=ModelConfig(model="unused"), parallel=ParallelConfig(
-        tensor_parallel_size=workers, distributed_executor_backend=backend, worker_cls=WORKER,
-        transport=transport))
-    so = decode_step()
-    async with await Executor.create(config) as ex:
-        return {"noop": await timed(lambda: ex.collective_rpc("check_health"), iters),
-                "decode256": await timed(lambda: ex.execute_model(so), iters)}
-
-
-class PlainRayWorker:
-    """The baseline: a Ray actor called with Ray's own RPC. It decodes the step as our
-    worker does and returns the same encoded ModelRunnerOutput our output rank sends."""
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.decoder = msgspec.msgpack.Decoder(SchedulerOutput)
-
-    def noop(self) -> None:
-        return None
-
-    def execute_model(self, payload: bytes) -> bytes | None:
-        so = self.decoder.decode(payload)
-        if self.rank != 0:
-            return None
-        req_ids = list(so.num_scheduled_tokens)
-        return msgspec.msgpack.encode(ModelRunnerOutput(
-            step_id=so.step_id, req_ids=req_ids, sampled_token_ids=[[so.step_id]] * len(req_ids)))
-
-
-async def bench_plain_ray(workers: int, iters: int) -> dict[str, dict[str, float]]:
-    import ray
-
-    actors = [ray.remote(PlainRayWorker).options(num_cpus=0).remote(rank)
-              for rank in range(workers)]
-    payload = msgspec.msgpack.encode(decode_step())
-    try:
-        return {"noop": await timed(lambda: asyncio.gather(*(a.noop.remote() for a in actors)),
-                                    iters),
-                "decode256": await timed(lambda: asyncio.gather(
-                    *(a.execute_model.remote(payload) for a in actors)), iters)}
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-
-
-def _echo_peer(endpoint: str, stop: threading.Event) -> None:
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.bind(endpoint)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    while not stop.is_set():
-        if poller.poll(100):
-            sock.send_multipart(sock.recv_multipart())
-    sock.close(0)
-
-
-async def bench_raw(iters: int) -> dict[str, dict[str, float]]:
-    endpoint = f"ipc:///tmp/actorexec-bench-{os.getpid()}.sock"
-    stop = threading.Event()
-    peer = threading.Thread(target=_echo_peer, args=(endpoint, stop))
-    peer.start()
-    sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+async def run_phases_async(calls: dict[str, Callable[[], Awaitable[Any]]], meter: CpuMeter,
+                           phases: list[Phase], idle_s: float) -> dict[str, dict[str, float]]:
     out = {}
-    try:
-        for name, payload in (("noop", b"\x00" * 16),
-                              ("decode256", msgspec.msgpack.encode(decode_step()))):
-            for _ in range(iters // 10):
-                await sock.send_multipart([payload])
-                await sock.recv_multipart()
-            samples = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                await sock.send_multipart([payload])
-                await sock.recv_multipart()
-                samples.append(time.perf_counter() - t0)
-            out[name] = stats(samples)
-    finally:
-        sock.close()
-        stop.set()
-        peer.join()
-        if os.path.exists(endpoint[6:]):
-            os.unlink(endpoint[6:])
+    for name, iters, gap in phases:
+        call = calls["empty" if name == "empty" else "step"]
+        for _ in range(min(100, iters)):  # warm-up
+            await call()
+        samples = []
+        meter.start()
+        for _ in range(iters):
+            if gap:
+                await asyncio.sleep(gap)
+            t0 = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - t0)
+        out[name] = summarise(samples, meter.stop())
+    meter.start()
+    await asyncio.sleep(idle_s)
+    out["idle"] = meter.stop()
     return out
 
 
-async def bench_all(iters: int, with_ray: bool) -> dict[str, object]:
-    results: dict[str, object] = {"raw_pyzmq_echo": await bench_raw(iters)}
-    for workers in (1, 2):
-        results[f"mp_{workers}_workers"] = await bench_executor(workers, iters)
-        results[f"mp_tcp_{workers}_workers"] = await bench_executor(workers, iters,
-                                                                    transport="tcp")
-        if with_ray:
-            results[f"ray_{workers}_workers"] = await bench_executor(workers, iters, "ray")
-            results[f"plain_ray_{workers}_workers"] = await bench_plain_ray(workers, iters)
-    return results
+def run_phases_sync(calls: dict[str, Callable[[], Any]], meter: CpuMeter, phases: list[Phase],
+                    idle_s: float) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, iters, gap in phases:
+        call = calls["empty" if name == "empty" else "step"]
+        for _ in range(min(100, iters)):
+            call()
+        samples = []
+        meter.start()
+        for _ in range(iters):
+            if gap:
+                time.sleep(gap)
+            t0 = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - t0)
+        out[name] = summarise(samples, meter.stop())
+    meter.start()
+    time.sleep(idle_s)
+    out["idle"] = meter.stop()
+    return out
 
 
-def start_ray() -> bool:
-    """A local one-node Ray cluster whose workers can import the test worker; False if
-    Ray is not installed."""
+# -- the systems ---------------------------------------------------------------
+async def actorexec_run(transport: str, workers: int, phases: list[Phase],
+                        idle_s: float) -> dict[str, dict[str, float]]:
+    config = Config(model=ModelConfig(model="unused"), parallel=ParallelConfig(
+        tensor_parallel_size=workers, distributed_executor_backend="mp", worker_cls=WORKER,
+        transport=transport))
+    so = decode_step()
+    async with await Executor.create(config) as ex:
+        meter = CpuMeter([ref.pid for ref in ex.refs])
+        calls = {"step": lambda: ex.execute_model(so),
+                 "empty": lambda: ex.collective_rpc("noop")}
+        return await run_phases_async(calls, meter, phases, idle_s)
+
+
+def vllm_run(workers: int, phases: list[Phase], idle_s: float) -> dict[str, dict[str, float]]:
+    from vllm_mq_baseline import VllmQueueHarness
+
+    harness = VllmQueueHarness(workers)
+    so = decode_step()
     try:
-        import ray
-    except ImportError:
-        print("ray is not installed: the ray rows are skipped (pip install 'actorexec[ray]')")
-        return False
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
-             log_to_driver=False)
-    return True
+        meter = CpuMeter(harness.pids)
+        calls = {"step": lambda: harness.call("execute_model", (so,), 0),
+                 "empty": lambda: harness.call("noop", (), None)}
+        return run_phases_sync(calls, meter, phases, idle_s)
+    finally:
+        harness.close()
 
 
+def _zmq_echo(endpoint: str) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    while True:
+        msg = sock.recv_multipart()
+        if msg[1] == b"stop":
+            break
+        sock.send_multipart(msg)
+    sock.close(0)
+
+
+def zmq_run(phases: list[Phase], idle_s: float) -> dict[str, dict[str, float]]:
+    endpoint = f"ipc:///tmp/actorexec-bench-{os.getpid()}.sock"
+    peer = multiprocessing.get_context("spawn").Process(target=_zmq_echo, args=(endpoint,))
+    peer.start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    step, empty = msgspec.msgpack.encode(decode_step()), b"\x00" * 16
+
+    def echo(payload: bytes) -> None:
+        sock.send(payload)
+        sock.recv()
+
+    try:
+        calls = {"step": lambda: echo(step), "empty": lambda: echo(empty)}
+        return run_phases_sync(calls, CpuMeter([peer.pid]), phases, idle_s)
+    finally:
+        sock.send(b"stop")
+        peer.join(5)
+        sock.close()
+        if os.path.exists(endpoint[6:]):
+            os.unlink(endpoint[6:])
+
+
+# -- driver ----------------------------------------------------------------------
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--iters", type=int, default=2000)
-    parser.add_argument("--no-ray", action="store_true", help="skip the ray rows")
+    parser.add_argument("--gap-iters", type=int, default=300)
+    parser.add_argument("--long-gap-iters", type=int, default=8)
+    parser.add_argument("--idle-s", type=float, default=2.0)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--systems", default="shm,ipc,vllm,zmq")
+    parser.add_argument("--uvloop", action="store_true", help="actorexec's driver on uvloop")
     parser.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
         os.path.dirname(__file__), "results",
         f"rpc_roundtrip-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     args = parser.parse_args()
-    report = {"iters": args.iters, "cpus": os.cpu_count(), "python": sys.version.split()[0],
-              "loops": {}}
-    with_ray = not args.no_ray and start_ray()
-    try:
-        for loop_name, use_uvloop in (("default", False), ("uvloop", True)):
-            report["loops"][loop_name] = run(bench_all(args.iters, with_ray),
-                                             use_uvloop=use_uvloop)
-    finally:
-        if with_ray:
-            import ray
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from vllm_mq_baseline import vllm_available
 
-            ray.shutdown()
-    print(f"{'loop':8} {'target':22} {'call':10} {'median us':>10} {'p99 us':>10} {'x raw':>7}")
-    for loop_name, targets in report["loops"].items():
-        raw = targets["raw_pyzmq_echo"]
-        for target, calls in targets.items():
-            for call, s in calls.items():
-                ratio = s["median_us"] / raw[call]["median_us"]
-                print(f"{loop_name:8} {target:22} {call:10} {s['median_us']:10.1f} "
-                      f"{s['p99_us']:10.1f} {ratio:7.2f}")
+    phases: list[Phase] = [("b2b", args.iters, 0.0), ("gap5ms", args.gap_iters, 0.005),
+                           ("empty", args.iters, 0.0)]
+    if args.long_gap_iters:
+        phases.insert(2, ("gap1200ms", args.long_gap_iters, 1.2))
+    systems = args.systems.split(",")
+    vllm_version = vllm_available()
+    if "vllm" in systems and vllm_version is None:
+        print("vLLM's MessageQueue does not import here: no vLLM baseline in this run")
+        systems.remove("vllm")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(args.reps):
+        for workers in map(int, args.workers.split(",")):
+            for system in systems:
+                if system == "zmq" and workers != 1:
+                    continue
+                key = f"{system}/{workers}w"
+                print(f"rep {rep + 1}/{args.reps}: {key}", flush=True)
+                if system in ("shm", "ipc", "tcp"):
+                    result = run(actorexec_run(system, workers, phases, args.idle_s),
+                                 use_uvloop=args.uvloop)
+                elif system == "vllm":
+                    result = vllm_run(workers, phases, args.idle_s)
+                else:
+                    result = zmq_run(phases, args.idle_s)
+                runs.setdefault(key, []).append(result)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+              "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": sys.version.split()[0],
+              "vllm": vllm_version, "uvloop": args.uvloop, "args": vars(args),
+              "median_of_runs": _medians(runs), "runs": runs}
+    print_table(report["median_of_runs"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {args.out}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, results in runs.items():
+        out[key] = {phase: {metric: statistics.median(r[phase][metric] for r in results)
+                            for metric in results[0][phase]}
+                    for phase in results[0]}
+    return out
+
+
+def print_table(medians: dict[str, dict[str, dict[str, float]]]) -> None:
+    print(f"{'system':10} {'phase':10} {'median us':>10} {'p99 us':>10} {'x vllm':>7} "
+          f"{'worker %':>9} {'driver %':>9}")
+    for key, phases in medians.items():
+        workers = key.split("/")[1]
+        vllm = medians.get(f"vllm/{workers}")
+        for phase, m in phases.items():
+            if "median_us" not in m:
+                print(f"{key:10} {phase:10} {'':>10} {'':>10} {'':>7} "
+                      f"{m['worker_cpu_pct']:9.1f} {m['driver_cpu_pct']:9.1f}")
+                continue
+            ratio = m["median_us"] / vllm[phase]["median_us"] if vllm else float("nan")
+            print(f"{key:10} {phase:10} {m['median_us']:10.1f} {m['p99_us']:10.1f} "
+                  f"{ratio:7.2f} {m['worker_cpu_pct']:9.1f} {m['driver_cpu_pct']:9.1f}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from .errors import ConfigError
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DEVICES = ("cpu", "cuda")
-TRANSPORTS = ("ipc", "tcp")
+TRANSPORTS = ("shm", "ipc", "tcp")
 ZMQ_BACKENDS = ("auto", "aiozmq", "pyzmq")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's names
 MAX_BACKOFF_S = 60.0  # a restart never waits longer than this
@@ -106,10 +106,13 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``None`` picks ``"uni"`` for one rank and ``"mp"`` otherwise.
     ``pipeline_layer_split`` gives the number of decoder layers per stage
     (default: as even as possible, earlier stages taking the remainder).
-    ``transport="tcp"`` binds to ``host`` only (``mp``; ``ray`` always uses tcp
-    on each node's own IP). ``ray_address`` is the Ray cluster to join (None:
-    ``RAY_ADDRESS``, else a local one-node cluster); ``placement_strategy`` is
-    the Ray placement group's strategy over the ``tp x pp`` bundles.
+    ``transport`` (``mp``): ``"shm"`` (same-host ranks over shared-memory rings;
+    the default, on Linux), ``"ipc"`` (ZeroMQ over unix sockets; where shared
+    memory is not available) or ``"tcp"`` (ZeroMQ; binds to ``host`` only);
+    ``ray`` always uses tcp on each node's own IP. ``ray_address`` is the Ray
+    cluster to join (None: ``RAY_ADDRESS``, else a local one-node cluster);
+    ``placement_strategy`` is the Ray placement group's strategy over the
+    ``tp x pp`` bundles.
     """
 
     tensor_parallel_size: int = 1
@@ -118,7 +121,7 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # str | type[Executor] | None; Any because a class never crosses the wire
     # (wire_config turns it into "module:QualName" first).
     distributed_executor_backend: Any = None
-    transport: str = "ipc"
+    transport: str = "shm"
     host: str = "127.0.0.1"
     zmq_backend: str = "auto"
     allow_callable_rpc: bool = False

@@ -9,10 +9,10 @@ from .actor import Actor, WorkStatus, expose
 from .errors import ActorFatalError, CallTimeoutError
 from .loop import run
 from .process import ProcessRef, spawn_actor
-from .refs import ActorRef, LocalRef, PreparedCall
+from .refs import ActorRef, LocalRef, PreparedCall, submit_all
 from .remote_ref import RemoteRef
 
 __all__ = [
     "Actor", "ActorFatalError", "ActorRef", "CallTimeoutError", "LocalRef", "PreparedCall",
-    "ProcessRef", "RemoteRef", "WorkStatus", "expose", "run", "spawn_actor",
+    "ProcessRef", "RemoteRef", "WorkStatus", "expose", "run", "spawn_actor", "submit_all",
 ]

@@ -23,13 +23,14 @@ annotations build the codec on both sides, so they must resolve at runtime.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar, overload
 
 from actorexec.protocol.codec import MethodSpec, build_method_specs
+
+from .work_thread import WorkThread
 
 F = TypeVar("F", bound=Callable[..., Any])
 _RPC_MARK = "__actorexec_rpc__"
@@ -95,7 +96,7 @@ class Actor:
     def __init__(self) -> None:
         self.phase: Phase = "created"
         self._stop_requested = False
-        self._work_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._work: WorkThread | None = None
         self._work_status: WorkStatus | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -157,44 +158,60 @@ class Actor:
         self.request_stop()
 
     # -- the work thread -------------------------------------------------
+    def work_thread(self) -> WorkThread:
+        """This actor's single work thread (started on first use)."""
+        if self._work is None:
+            self._work = WorkThread(f"{type(self).__name__}-work")
+        return self._work
+
     def offload(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run blocking ``fn(*args)`` on this actor's single work thread.
 
         One thread, so work runs in call order and touches actor state from one
         thread only; the loop stays free to take messages. ``thread=True``
-        methods go through here; an ``async`` handler may call it directly.
+        methods run there too; an ``async`` handler may call this directly.
         """
-        if self._work_pool is None:
-            self._work_pool = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"{type(self).__name__}-work")
-        return asyncio.get_running_loop().run_in_executor(self._work_pool, fn, *args)
+        return self.work_thread().offload(fn, *args)
 
     def run_on_work_thread(self, method: str, fn: Callable[[], Any],
-                           check: Callable[[], None] | None = None) -> asyncio.Future[Any]:
-        """``fn()`` on the work thread, recorded in :meth:`work_status` while it runs.
+                           check: Callable[[], None] | None,
+                           on_done: Callable[[bool, Any], None]) -> None:
+        """Queue :meth:`work_job` on the work thread."""
+        self.work_thread().submit(self.work_job(method, fn, check, on_done))
 
-        ``check()`` runs on the thread first (the mailbox's deadline check, so a
-        call that waited behind a long one is refused unrun when it gets there).
+    def work_job(self, method: str, fn: Callable[[], Any], check: Callable[[], None] | None,
+                 on_done: Callable[[bool, Any], None]) -> Callable[[], None]:
+        """A job for the work thread: ``fn()``, recorded in :meth:`work_status` while it runs.
+
+        ``check()`` runs first (the mailbox's deadline check, so a call that waited
+        behind a long one is refused unrun when it gets there). ``on_done(ok,
+        value_or_exception)`` runs once ``fn`` (or ``check``) has finished and the
+        status is cleared: the mailbox answers the call from there, or wakes the loop to.
         """
-        def work() -> Any:
-            if check is not None:
-                check()
-            self._work_status = WorkStatus(method, time.monotonic())
+        def job() -> None:
             try:
-                return fn()
-            finally:
-                self._work_status = None
+                if check is not None:
+                    check()
+                self._work_status = WorkStatus(method, time.monotonic())
+                try:
+                    value = fn()
+                finally:
+                    self._work_status = None
+            except BaseException as exc:
+                on_done(False, exc)
+                return
+            on_done(True, value)
 
-        return self.offload(work)
+        return job
 
     def work_status(self) -> WorkStatus | None:
         """What the work thread is running now (None when idle). Safe from the loop."""
         return self._work_status
 
     def close_work_thread(self) -> None:
-        pool, self._work_pool = self._work_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        work, self._work = self._work, None
+        if work is not None:
+            work.close()  # a step still running finishes on its own; nothing waits for it
 
 
 Actor.rpc_methods = {"shutdown": Exposed()}

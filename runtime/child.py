@@ -29,6 +29,7 @@ from typing import Any
 from actorexec.protocol.codec import MethodSpec
 
 from .loop import run
+from .transport.shm_channel import ShmEndpoint
 
 PR_SET_PDEATHSIG = 1
 FAILED_EXIT_CODE = 3
@@ -113,8 +114,9 @@ class _ParentWatch:
         self.exit_orphaned()
 
 
-def child_main(actor_path: str, init_payload: bytes, endpoint: str, rank: int, backend: str,
-               parent_pid: int, use_uvloop: bool | None, cleanup: ExitCleanup) -> None:
+def child_main(actor_path: str, init_payload: bytes, endpoint: str | ShmEndpoint, rank: int,
+               backend: str, parent_pid: int, use_uvloop: bool | None,
+               cleanup: ExitCleanup) -> None:
     """Build the actor from its typed ``__init__`` arguments and serve it until shutdown."""
     _ParentWatch(parent_pid, cleanup).arm()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -129,12 +131,16 @@ def child_main(actor_path: str, init_payload: bytes, endpoint: str, rank: int, b
         os._exit(FAILED_EXIT_CODE)
 
 
-async def _serve(actor_path: str, init_payload: bytes, endpoint: str, rank: int,
+async def _serve(actor_path: str, init_payload: bytes, endpoint: str | ShmEndpoint, rank: int,
                  backend: str) -> None:
     from .server import ActorServer
+    from .shm_server import ShmActorServer
 
     cls = import_path(actor_path)
     kwargs = MethodSpec(cls.__init__, "__init__").decode_args([init_payload])
     actor = cls(**kwargs)
-    server = await ActorServer.bind(actor, endpoint, rank, backend)
+    if isinstance(endpoint, ShmEndpoint):
+        server: ActorServer = ShmActorServer.attach(actor, endpoint)
+    else:
+        server = await ActorServer.bind(actor, endpoint, rank, backend)
     await server.serve()

@@ -1,13 +1,20 @@
 """The mailbox: one actor's calls, handled in arrival order, replied in call order.
 
+A call is *taken* (allow-list checked, arguments decoded, started on the loop
+or queued on the work thread) as soon as it is put, when nothing is queued
+before it; otherwise the *handler* task takes it in turn. Taking at once saves
+a loop iteration per call and lets a host lend the payload's memory only for
+the duration of ``put`` (the shared-memory transport decodes straight from
+its ring). Replies leave strictly in call order (``reply_order.py``): a call
+whose result is ready when taken, with nothing before it, is answered at
+once; the *replier* task answers the others in turn; with
+``replies_from_thread`` the work thread answers its own call.
+
 :meth:`Mailbox.run` hosts the actor in one structured scope (an
-``asyncio.TaskGroup``): the *handler* task takes the next call, checks the
-allow-list, decodes its arguments and starts it (on the loop, or queued on the
-work thread); the *replier* task awaits results strictly in call order and
-hands each to the call's reply sink, so reply N never overtakes reply N-1; the
-actor's ``background()`` and the host's receive loop run beside them. If any
-of these fails, the others are cancelled, every call not yet answered fails
-with :class:`ActorFatalError`, and ``run`` raises: the host stops loudly.
+``asyncio.TaskGroup``): the handler, the replier, the actor's ``background()``
+and the host's receive loop. If any of these fails, the others are cancelled,
+every call not yet answered fails with :class:`ActorFatalError`, and ``run``
+raises: the host stops loudly.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import importlib
 import inspect
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,13 +36,12 @@ from actorexec.protocol.errors import ActorClosedError, MethodNotAllowedError
 
 from .actor import Actor, Exposed
 from .errors import fatal_error_from
+from .reply_order import Pending, ReplyOrder, ReplySink, replies_later
 
 logger = logging.getLogger("actorexec.runtime.mailbox")
 
-# sink(call, ok, value_or_exception): delivers one reply (encode + send, or set a future).
-# A sink that raises (the socket failed) is fatal for the actor.
-ReplySink = Callable[[Call, bool, Any], None]
 _THREAD = Exposed(thread=True)  # calls by function path run on the work thread
+__all__ = ["LocalArgs", "Mailbox", "ReplySink"]
 
 
 @dataclass(slots=True)
@@ -46,13 +51,6 @@ class LocalArgs:
     kwargs: dict[str, Any]
     function: Callable[..., Any] | None = None  # uni executor: a callable, run as fn(actor, ...)
     args: Sequence[Any] = field(default_factory=tuple)
-
-
-@dataclass(slots=True)
-class _Started:
-    call: Call
-    result: asyncio.Future[Any]
-    sink: ReplySink
 
 
 def _check_deadline(call: Call) -> None:
@@ -69,25 +67,62 @@ class Mailbox:
     """Runs calls for one actor. Why a class: both hosts (in-loop ref, process server)
     share it, so calls behave the same in and out of process."""
 
-    def __init__(self, actor: Actor) -> None:
+    def __init__(self, actor: Actor, replies_from_thread: bool = False) -> None:
         actor.check_initialised()
         self.actor = actor
         self.specs = type(actor).method_specs()
         self.methods = type(actor).rpc_methods
         self._inbox: asyncio.Queue[tuple[Call, Sequence[Frame] | LocalArgs, ReplySink]] = (
             asyncio.Queue())
-        self._outbox: deque[_Started] = deque()
-        self._outbox_changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()  # the replier has something to look at
+        self._order = ReplyOrder(functools.partial(loop.call_soon_threadsafe, self._changed.set),
+                                 from_thread=replies_from_thread)
+        self._queued = 0  # calls in the inbox, or being taken from it
         self._handler_done = False
+        self._handler: asyncio.Task[None] | None = None
         self._replied_all = asyncio.Event()
-        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started: asyncio.Future[None] = loop.create_future()
         self.started.add_done_callback(_retrieve)
 
+    @property
+    def takes_now(self) -> bool:
+        """Would a call put now be taken before ``put`` returns (its payload decoded)?"""
+        return (self.actor.phase == "running" and not self.actor.stop_requested
+                and self._queued == 0)
+
     def put(self, call: Call, payload: Sequence[Frame] | LocalArgs, sink: ReplySink) -> None:
+        """Takes the call now if nothing waits before it, else queues it (see the module)."""
         if self.actor.phase in ("stopping", "stopped"):
             sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
             return
-        self._inbox.put_nowait((call, payload, sink))
+        if not self.takes_now:
+            self._queued += 1
+            self._inbox.put_nowait((call, payload, sink))
+            return
+        self._take(call, payload, sink)
+        if self.actor.stop_requested:
+            self._stop_taking()
+
+    def take_on_thread(self, call: Call, payload: Sequence[Frame],
+                       sink: ReplySink) -> Callable[[], None] | None:
+        """On the work thread: takes a ``thread=True`` call that nothing waits before, and
+        returns the job to run now, on this thread (the sink must be thread-safe). None
+        if the call is not one to take here: then the loop must ``put`` it."""
+        exposed = self.methods.get(call.method, _THREAD)
+        if not exposed.thread or not self.takes_now:
+            return None
+        self._order.pop_answered()
+        pending = self._order.add(call, sink)
+        if pending is None:
+            return None
+        on_done = functools.partial(self._order.thread_done, pending)
+        try:
+            fn = self._bind(call, payload)
+        except Exception as exc:
+            return functools.partial(on_done, False, exc)
+        check = None if call.deadline is None else functools.partial(_check_deadline, call)
+        return self.actor.work_job(call.method, fn, check, on_done)
 
     async def run(self, *beside: Coroutine[Any, Any, None]) -> None:
         """Host the actor until it stops: ``on_start``, then calls (with ``background()``
@@ -109,9 +144,10 @@ class Mailbox:
             actor.phase = "running"
             self.started.set_result(None)
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._handle_loop(), name="mailbox-handler")
+                self._handler = tasks.create_task(self._handle_loop(), name="mailbox-handler")
                 tasks.create_task(self._reply_loop(), name="mailbox-replier")
-                others = [tasks.create_task(actor.background(), name="actor-background")]
+                others = [self._handler,
+                          tasks.create_task(actor.background(), name="actor-background")]
                 others += [tasks.create_task(c, name="actor-host") for c in beside]
                 await self._replied_all.wait()
                 for task in others:
@@ -133,67 +169,114 @@ class Mailbox:
                 actor.close_work_thread()
                 actor.phase = "stopped"
 
-    # -- the two loops ------------------------------------------------------
+    # -- taking ---------------------------------------------------------------
     async def _handle_loop(self) -> None:
         while not self.actor.stop_requested:
             call, payload, sink = await self._inbox.get()
-            exposed = self.methods.get(call.method, _THREAD)
-            if not exposed.ordered:
-                self._answer_now(call, payload, sink)
-                continue
-            self._outbox.append(_Started(call, self._start(call, payload, exposed), sink))
-            self._outbox_changed.set()
+            self._take(call, payload, sink)
+            self._queued -= 1  # only now: the work thread takes nothing before this one
+        self._stop_taking()
+
+    def _stop_taking(self) -> None:
+        """The actor asked to stop: take nothing more; the replier finishes what was taken."""
         self._handler_done = True
-        self._outbox_changed.set()
+        self._changed.set()
+        if self._handler is not None and self._handler is not asyncio.current_task():
+            self._handler.cancel()  # it waits in the inbox for a call it must not take
 
-    async def _reply_loop(self) -> None:
-        while True:
-            if not self._outbox:
-                if self._handler_done:
-                    break
-                self._outbox_changed.clear()
-                await self._outbox_changed.wait()
-                continue
-            head = self._outbox[0]
-            ok, value = True, None
-            try:
-                value = await head.result
-                if isinstance(value, concurrent.futures.Future):  # reply later (thread=True)
-                    value = await asyncio.wrap_future(value)
-                elif inspect.isawaitable(value):
-                    value = await value
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the replier itself is being cancelled
-                ok, value = False, ActorClosedError("the call was cancelled before it replied")
-            except Exception as exc:
-                ok, value = False, exc
-            head.sink(head.call, ok, value)  # may raise: fatal, and head is still unanswered
-            self._outbox.popleft()
-        self._replied_all.set()
+    def _take(self, call: Call, payload: Sequence[Frame] | LocalArgs, sink: ReplySink) -> None:
+        exposed = self.methods.get(call.method, _THREAD)
+        if not exposed.ordered:
+            self._answer_now(call, payload, sink)
+            return
+        self._order.pop_answered()  # answered from the work thread without waking the replier
+        first = not self._order.entries
+        pending = self._order.add(call, sink)
+        if pending is None:  # the mailbox has failed: nothing more is taken
+            sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
+            return
+        self._start(pending, payload, exposed)
+        if first and self._answer_if_final(pending):
+            self._order.pop(pending)
+        elif not (first and self._order.thread_will_answer(pending)):
+            self._changed.set()  # (a call the work thread answers itself needs no replier)
 
-    # -- starting a call ------------------------------------------------------
-    def _start(self, call: Call, payload: Sequence[Frame] | LocalArgs,
-               exposed: Exposed) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any]
+    def _start(self, pending: Pending, payload: Sequence[Frame] | LocalArgs,
+               exposed: Exposed) -> None:
+        """Starts the call: ``pending.future`` (on the loop) or ``pending.outcome`` (later,
+        from the work thread). A refused call gets its exception as the result."""
+        call = pending.call
         try:
             fn = self._bind(call, payload)
             if exposed.thread:
                 check = None if call.deadline is None else functools.partial(_check_deadline, call)
-                return self.actor.run_on_work_thread(call.method, fn, check)
+                self.actor.run_on_work_thread(
+                    call.method, fn, check, functools.partial(self._order.thread_done, pending))
+                return
             _check_deadline(call)
             value = fn()
-            if inspect.isawaitable(value):
-                return asyncio.ensure_future(value)
         except Exception as exc:
-            fut = loop.create_future()
-            fut.set_exception(exc)
-            return fut
-        fut = loop.create_future()
-        fut.set_result(value)
-        return fut
+            pending.outcome = (False, exc)
+            return
+        if inspect.isawaitable(value):
+            pending.future = asyncio.ensure_future(value)  # owned: cancelled if unanswered
+        else:
+            pending.outcome = (True, value)
+
+    # -- replying -------------------------------------------------------------
+    def _answer_if_final(self, pending: Pending) -> bool:
+        """Answers a call whose result is already final (nothing is ahead of it)."""
+        outcome = pending.outcome
+        if outcome is None or (outcome[0] and replies_later(outcome[1])):
+            return False
+        return self._order.send(pending, *outcome)
+
+    async def _reply_loop(self) -> None:
+        entries = self._order.entries
+        while True:
+            while entries:
+                try:
+                    head = entries[0]
+                except IndexError:  # the work thread popped the last answered call
+                    break
+                if not head.replied:
+                    if self._order.thread_will_answer(head):
+                        break  # the work thread (or whoever completes its reply) wakes us
+                    ok, value = await self._result(head)
+                    self._order.send(head, ok, value)  # may raise: fatal
+                if head.reply_error is not None:
+                    raise head.reply_error
+                self._order.pop(head)  # (unless _take popped it meanwhile)
+            if not entries and self._handler_done:
+                break
+            self._changed.clear()
+            await self._changed.wait()
+        self._replied_all.set()
+
+    async def _result(self, head: Pending) -> tuple[bool, Any]:
+        """The head call's final (ok, value), awaiting whatever it still waits for."""
+        try:
+            if head.future is not None:
+                value = await head.future
+            else:
+                assert head.outcome is not None
+                ok, value = head.outcome
+                if not ok:
+                    if isinstance(value, Exception):
+                        return False, value
+                    raise value  # SystemExit and the like from the thread: fatal
+            if isinstance(value, concurrent.futures.Future):  # reply later (thread=True)
+                value = await asyncio.wrap_future(value)
+            elif inspect.isawaitable(value):
+                value = await value
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the replier itself is being cancelled
+            return False, ActorClosedError("the call was cancelled before it replied")
+        except Exception as exc:
+            return False, exc
+        return True, value
 
     def _answer_now(self, call: Call, payload: Sequence[Frame] | LocalArgs,
                     sink: ReplySink) -> None:
@@ -234,12 +317,14 @@ class Mailbox:
 
     # -- stopping -------------------------------------------------------------
     def _fail_unanswered(self, error: BaseException) -> None:
-        """Every call started or queued but not answered gets ``error`` (best effort)."""
-        unanswered = [(s.call, s.sink) for s in self._outbox]
-        for started in self._outbox:  # owned here: an async handler's task is cancelled
-            started.result.add_done_callback(_retrieve)
-            started.result.cancel()  # (work already running on the thread runs to its end)
-        self._outbox.clear()
+        """Every call started or queued but not answered gets ``error`` (best effort); the
+        work thread answers nothing from now on."""
+        never, held = self._order.close()
+        unanswered = [(p.call, p.sink) for p in never]
+        for pending in held:  # owned here: an async handler's task is cancelled
+            if pending.future is not None:  # (work already running on the thread runs on)
+                pending.future.add_done_callback(_retrieve)
+                pending.future.cancel()
         while not self._inbox.empty():
             call, _, sink = self._inbox.get_nowait()
             unanswered.append((call, sink))
@@ -249,4 +334,3 @@ class Mailbox:
             except Exception as exc:  # the socket itself failed: nothing more to tell
                 logger.error("%s: could not fail call %s: %s", type(self.actor).__name__,
                              call.call_id, exc)
-

@@ -83,15 +83,11 @@ class ProcessRef(SocketRef):
         last one out, ``private_dir``.
         """
         backend = resolve_backend(backend)
-        payload = msgspec.msgpack.encode(init_kwargs)
         own = (endpoint.removeprefix("ipc://"),) if endpoint.startswith("ipc://") else ()
         cleanup = ExitCleanup(own_files=own, shared_files=tuple(shared_files),
                               directory=private_dir)
-        ctx = multiprocessing.get_context("spawn")
-        # daemon: if the parent exits without shutdown, multiprocessing terminates it.
-        process = ctx.Process(target=child_main, name=f"actorexec-rank{rank}", daemon=True,
-                              args=(actor_path, payload, endpoint, rank, backend, os.getpid(),
-                                    use_uvloop, cleanup))
+        process = new_child_process(actor_path, init_kwargs, rank, endpoint, backend,
+                                    use_uvloop, cleanup)
         transport = await connect_dealer(endpoint, backend)  # before the process exists
         try:
             process.start()
@@ -100,7 +96,21 @@ class ProcessRef(SocketRef):
             raise
         return cls(process, transport, rank, on_death)  # no await since start(): owned
 
+    def notice_exit(self) -> bool:
+        """Handles the process's exit now if it has exited, without waiting for the loop to
+        see the sentinel; True if it has. Why: a peer rank's reply may report the death
+        (a collective that lost this rank) before the loop has seen it; the caller checks
+        first, so the step fails naming the dead rank."""
+        if self.exited.is_set():
+            return True
+        if self.process.exitcode is None:  # waitpid(WNOHANG): never blocks
+            return False
+        self._on_exit()
+        return True
+
     def _on_exit(self) -> None:
+        if self.exited.is_set():
+            return
         self._loop.remove_reader(self.process.sentinel)
         self.process.join(0.1)  # reap: the sentinel closes just before the exit status is ready
         code = self.process.exitcode
@@ -134,6 +144,17 @@ class ProcessRef(SocketRef):
             self._loop.remove_reader(self.process.sentinel)
             self.exited.set()
         self.close_socket()
+
+
+def new_child_process(actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: Any,
+                      backend: str, use_uvloop: bool | None, cleanup: ExitCleanup) -> Any:
+    """The (not yet started) spawned process that serves ``actor_path`` on ``endpoint``."""
+    payload = msgspec.msgpack.encode(init_kwargs)
+    ctx = multiprocessing.get_context("spawn")
+    # daemon: if the parent exits without shutdown, multiprocessing terminates it.
+    return ctx.Process(target=child_main, name=f"actorexec-rank{rank}", daemon=True,
+                       args=(actor_path, payload, endpoint, rank, backend, os.getpid(),
+                             use_uvloop, cleanup))
 
 
 async def spawn_actor(actor_path: str, init_kwargs: dict[str, Any], rank: int, endpoint: str,

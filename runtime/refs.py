@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
+import inspect
 import itertools
 import logging
 import time
@@ -32,6 +34,27 @@ _GENERIC = generic_spec()
 _ENCODER = PayloadEncoder()  # one per process; encode() is not re-entrant but never awaits
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@functools.cache
+def _positional_shape(spec: MethodSpec) -> tuple[tuple[str, ...], int]:
+    """The names positional arguments bind to, and how many parameters are required."""
+    params = list(spec.signature.parameters.values())
+    names = tuple(p.name for p in itertools.takewhile(lambda p: p.kind in _POSITIONAL, params))
+    return names, sum(1 for p in params if p.default is p.empty)
+
+
+def _bind(spec: MethodSpec, args: Sequence[Any], kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``spec.bind``, with a fast path for positional calls (``inspect.Signature.bind`` costs
+    ~8 µs a call; this, ~0.5 µs). Anything unusual goes to ``spec.bind``, which raises."""
+    if not kwargs:
+        names, required = _positional_shape(spec)
+        if required <= len(args) <= len(names):
+            return dict(zip(names, args, strict=False))
+    return spec.bind(args, kwargs)
+
+
 class PreparedCall:
     """A call bound against its method's spec; a bad call raises TypeError here, at the caller."""
 
@@ -50,7 +73,7 @@ class PreparedCall:
             self.method = method
             self.spec = spec
             self.args, self.kwargs = (), {}
-            self.bound = spec.bind(args, kwargs)
+            self.bound = _bind(spec, args, kwargs)
         self._frames: list[Frame] | None = None
 
     @property
@@ -64,6 +87,42 @@ class PreparedCall:
         if self.function is not None:
             return LocalArgs(kwargs=self.kwargs, function=self.function, args=self.args)
         return LocalArgs(kwargs=self.bound)
+
+
+class ReplyFuture(asyncio.Future[Any]):
+    """A call's future whose *eager* callbacks run the moment it settles, before the loop's
+    own callbacks are scheduled. Why: ``collective_rpc`` judges the ranks' replies in a
+    callback; run eagerly it saves the caller one loop iteration per call (measured 8-15
+    µs on a GPU host's cores)."""
+
+    _eager: list[Callable[[asyncio.Future[Any]], None]] | None = None
+
+    def add_eager_callback(self, fn: Callable[[asyncio.Future[Any]], None]) -> None:
+        if self.done():
+            fn(self)
+        elif self._eager is None:
+            self._eager = [fn]
+        else:
+            self._eager.append(fn)
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        self._run_eager()
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._run_eager()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._run_eager()
+        return cancelled
+
+    def _run_eager(self) -> None:
+        eager, self._eager = self._eager, None
+        for fn in eager or ():
+            fn(self)
 
 
 def arm_deadline(fut: asyncio.Future[Any], deadline: float | None, what: str) -> None:
@@ -83,14 +142,43 @@ def arm_deadline(fut: asyncio.Future[Any], deadline: float | None, what: str) ->
 DeathCallback = Callable[["ActorRef", BaseException], None]
 
 
+def submit_all(refs: Sequence[ActorRef], prepared: PreparedCall,
+               deadline: float | None = None) -> list[asyncio.Future[Any]]:
+    """Sends ``prepared`` to every ref now; one future per ref, in ref order. Refs sharing a
+    broadcast channel get it in one write (one copy for all of them)."""
+    futs: list[asyncio.Future[Any] | None] = [None] * len(refs)
+    groups: dict[int, list[int]] = {}
+    for i, ref in enumerate(refs):
+        if ref.broadcast is None:
+            futs[i] = ref.submit(prepared, deadline)
+        else:
+            groups.setdefault(id(ref.broadcast), []).append(i)
+    for indices in groups.values():
+        group = [refs[i] for i in indices]
+        for i, fut in zip(indices, group[0].submit_group(group, prepared, deadline), strict=True):
+            futs[i] = fut
+    return futs  # type: ignore[return-value]  # every slot is filled above
+
+
 class ActorRef(abc.ABC):
-    """A handle to one actor (one rank). Every call gets exactly one reply."""
+    """A handle to one actor (one rank). Every call gets exactly one reply.
+
+    Refs whose ``broadcast`` is the same object (same-host ranks over one
+    shared-memory call ring) take a call for several of them in one write:
+    :func:`submit_all` hands such a group to :meth:`submit_group`.
+    """
 
     rank: int
+    broadcast: object | None = None
 
     @abc.abstractmethod
     def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
         """Send now; the future resolves with the typed reply."""
+
+    def submit_group(self, refs: Sequence[ActorRef], prepared: PreparedCall,
+                     deadline: float | None = None) -> list[asyncio.Future[Any]]:
+        """``prepared`` to every ref of ``refs`` (which share this ref's ``broadcast``)."""
+        return [ref.submit(prepared, deadline) for ref in refs]
 
     @abc.abstractmethod
     async def close(self, grace_s: float = 5.0) -> None:
@@ -128,7 +216,7 @@ class LocalRef(ActorRef):
         await asyncio.shield(self.mailbox.started)
 
     def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = ReplyFuture()
         if self.dead is not None or self._closed:
             fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
             return fut

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -25,7 +26,7 @@ from actorexec.protocol.errors import ProtocolError
 from .actor import READY_METHOD, Actor
 from .errors import failure_from
 from .mailbox import Mailbox
-from .transport import Transport, bind_router
+from .transport import bind_router
 
 logger = logging.getLogger("actorexec.runtime.server")
 
@@ -37,13 +38,20 @@ FLUSH_S = 0.05
 class ActorServer:
     """Hosts one actor behind a ROUTER; replies go back to whichever peer called."""
 
-    def __init__(self, actor: Actor, transport: Transport, rank: int) -> None:
+    # A transport whose frames are views lent for the duration of a dispatch (a ring's
+    # memory) sets this: a call that cannot be taken at once gets a copy of its payload.
+    borrowed_frames = False
+    # A transport whose send is thread-safe sets this: the work thread answers its call.
+    replies_from_thread = False
+
+    def __init__(self, actor: Actor, transport: Any, rank: int) -> None:
         self.actor = actor
         self.transport = transport
         self.rank = rank
-        self.mailbox = Mailbox(actor)
+        self.mailbox = Mailbox(actor, replies_from_thread=self.replies_from_thread)
         self._codec = EnvelopeCodec()
-        self._encoder = PayloadEncoder()
+        self._encoder = PayloadEncoder()  # not re-entrant: used under _send_lock
+        self._send_lock = threading.Lock()
 
     @classmethod
     async def bind(cls, actor: Actor, endpoint: str, rank: int, backend: str) -> ActorServer:
@@ -83,25 +91,36 @@ class ActorServer:
             self._send_failure(peer, failure_from(-1, exc))
             return
         if envelope.method == READY_METHOD:
-            self.transport.send_to(peer, [self._codec.encode(Ready(self.rank, os.getpid()))])
+            with self._send_lock:
+                self.transport.send_to(peer, [self._codec.encode(Ready(self.rank, os.getpid()))])
             return
-        self.mailbox.put(envelope, frames[1:], lambda c, ok, v: self._reply(peer, c, ok, v))
+        payload = frames[1:]
+        if self.borrowed_frames and not self.mailbox.takes_now:
+            payload = [bytes(frame) for frame in payload]  # kept past this dispatch: copied
+        self.mailbox.put(envelope, payload, lambda c, ok, v: self._reply(peer, c, ok, v))
 
     def _reply(self, peer: bytes, call: Call, ok: bool, value: Any) -> None:
-        if ok:
-            if not call.reply_on_success:  # the wire allows asking for failures only
-                return
-            try:
-                payload = self._encoder.encode(value)
-            except Exception as exc:  # an unencodable result is the call's failure
-                self._send_failure(peer, failure_from(call.call_id, exc))
-                return
-            self.transport.send_to(peer, [self._codec.encode(Result(call.call_id)), *payload])
-        else:
-            if isinstance(value, ProtocolError):
-                logger.error("rank %d: bad arguments for %s, nothing run: %s",
-                             self.rank, call.method, value)
-            self._send_failure(peer, failure_from(call.call_id, value))
+        """The reply sink (from the loop, or from the work thread where the transport allows)."""
+        with self._send_lock:
+            if ok:
+                if not call.reply_on_success:  # the wire allows asking for failures only
+                    return
+                try:
+                    payload = self._encoder.encode(value)
+                except Exception as exc:  # an unencodable result is the call's failure
+                    self._send_failure_locked(peer, failure_from(call.call_id, exc))
+                    return
+                self.transport.send_to(peer, [self._codec.encode(Result(call.call_id)),
+                                              *payload])
+            else:
+                if isinstance(value, ProtocolError):
+                    logger.error("rank %d: bad arguments for %s, nothing run: %s",
+                                 self.rank, call.method, value)
+                self._send_failure_locked(peer, failure_from(call.call_id, value))
 
     def _send_failure(self, peer: bytes, failure: Failure) -> None:
+        with self._send_lock:
+            self._send_failure_locked(peer, failure)
+
+    def _send_failure_locked(self, peer: bytes, failure: Failure) -> None:
         self.transport.send_to(peer, [self._codec.encode(failure)])

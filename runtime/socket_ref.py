@@ -22,7 +22,7 @@ from actorexec.protocol.errors import ActorClosedError, ActorDiedError, Protocol
 
 from .actor import READY_METHOD
 from .errors import ActorFatalError, error_from, type_name
-from .refs import ActorRef, DeathCallback, PreparedCall, arm_deadline
+from .refs import ActorRef, DeathCallback, PreparedCall, ReplyFuture, arm_deadline
 from .transport import Transport, TransportClosed
 
 logger = logging.getLogger("actorexec.runtime.socket_ref")
@@ -75,15 +75,26 @@ class SocketRef(ActorRef):
                                ) from None
 
     def submit(self, prepared: PreparedCall, deadline: float | None = None) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        if self.dead is not None or self._closing:
+        call = Call(next(self._ids), prepared.method, deadline)
+        if self.accepts_calls:
+            self.transport.send([self._codec.encode(call), *prepared.frames])
+        return self.expect(call.call_id, prepared, deadline)
+
+    @property
+    def accepts_calls(self) -> bool:
+        return self.dead is None and not self._closing
+
+    def expect(self, call_id: int, prepared: PreparedCall,
+               deadline: float | None) -> asyncio.Future[Any]:
+        """The future of call ``call_id``, just sent to this actor; failed at once if this
+        ref no longer accepts calls (then nothing was sent to it)."""
+        fut: asyncio.Future[Any] = ReplyFuture(loop=self._loop)
+        if not self.accepts_calls:
             fut.set_exception(self.dead or ActorClosedError(f"actor rank {self.rank} is closed"))
             return fut
-        call = Call(next(self._ids), prepared.method, deadline)
-        self.transport.send([self._codec.encode(call), *prepared.frames])
         # Popped when the reply arrives (every call gets one, or fail_pending clears it): no
         # done-callback per call, which would cost a loop iteration per rank per step.
-        self._pending[call.call_id] = (fut, prepared.spec.result_decoder)
+        self._pending[call_id] = (fut, prepared.spec.result_decoder)
         arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
         return fut
 

@@ -28,7 +28,7 @@ from actorexec.protocol import (
     make_kv_cache_configs,
 )
 from actorexec.protocol.codec import generic_spec
-from actorexec.runtime import ActorRef, PreparedCall
+from actorexec.runtime import ActorRef, PreparedCall, submit_all
 from actorexec.runtime.child import import_path
 
 from .futures import CollectiveReplies
@@ -173,8 +173,9 @@ class Executor(abc.ABC):
                                  f"0..{len(self.refs) - 1}")
         prepared = self._prepare(method, args, kwargs)
         deadline = None if timeout is None else time.time() + timeout
-        futs = [ref.submit(prepared, deadline) for ref in self.refs]
-        replies = CollectiveReplies(prepared.method, futs, unique_reply_rank, self._fail)
+        futs = submit_all(self.refs, prepared, deadline)  # one write for same-host ranks
+        replies = CollectiveReplies(prepared.method, futs, unique_reply_rank, self._fail,
+                                    self._notice_deaths)
         if non_block:
             replies.result.add_done_callback(lambda f: f.cancelled() or f.exception())
             return futs
@@ -231,6 +232,13 @@ class Executor(abc.ABC):
 
     def _on_worker_death(self, ref: ActorRef, error: BaseException) -> None:
         self._fail(error)
+
+    def _notice_deaths(self) -> None:
+        """Handles now any worker that has died and whose death the loop has not seen yet."""
+        for ref in self.refs:
+            notice = getattr(ref, "notice_exit", None)
+            if notice is not None:
+                notice()
 
     def _check_usable(self) -> None:
         if self.failure is not None:
@@ -302,7 +310,7 @@ class Executor(abc.ABC):
     async def _ask_shutdown(self, timeout_s: float) -> None:
         """Best effort: each live worker runs its ``shutdown`` and stops serving."""
         prepared = PreparedCall("shutdown", self.method_specs["shutdown"])
-        futs = [ref.submit(prepared, time.time() + timeout_s) for ref in self.refs]
+        futs = submit_all(self.refs, prepared, time.time() + timeout_s)
         if futs:
             for fut in futs:  # failures here are expected (dead or stuck workers)
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())

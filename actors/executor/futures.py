@@ -19,8 +19,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actorexec.protocol.errors import ExecutorFailedError
+from actorexec.protocol.errors import ExecutorFailedError, RemoteError
 from actorexec.runtime import ActorFatalError, CallTimeoutError
+from actorexec.runtime.refs import ReplyFuture
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -37,24 +38,40 @@ class CollectiveReplies:
     """
 
     def __init__(self, method: str, futs: Sequence[asyncio.Future[Any]], reply_rank: int | None,
-                 on_broken: Callable[[BaseException], None]) -> None:
+                 on_broken: Callable[[BaseException], None],
+                 notice_deaths: Callable[[], None] = lambda: None) -> None:
         self.method = method
         self.futs = list(futs)
         self.reply_rank = reply_rank
         self._on_broken = on_broken
+        self._notice_deaths = notice_deaths
         self._broken = False
         self._answered = 0
         self._failed = 0
         self.result: asyncio.Future[Any] = self.futs[0].get_loop().create_future()
         for fut in self.futs:
-            fut.add_done_callback(self._done)
+            if isinstance(fut, ReplyFuture):
+                fut.add_eager_callback(self._done)  # judged as it settles: one loop turn less
+            else:
+                fut.add_done_callback(self._done)
 
     def _done(self, fut: asyncio.Future[Any]) -> None:
+        # May run eagerly, inside another rank's settling (a broken executor fails every
+        # pending call): so this rank's outcome reaches ``result`` before anything breaks.
         _retrieve(fut)  # the caller sees failures through ``result`` (or the futures themselves)
         self._answered += 1
         error = None if fut.cancelled() else fut.exception()
+        if isinstance(error, RemoteError):
+            # A rank that failed may have failed because another died (a collective lost
+            # its peer): a death not yet seen is handled first, and names the dead rank.
+            self._notice_deaths()
         if error is not None or fut.cancelled():
             self._failed += 1
+        if not self.result.done():
+            if error is not None:
+                self.result.set_exception(error)
+            elif fut.cancelled():
+                self.result.cancel()
         if fut.cancelled():
             self._break(ExecutorFailedError(f"call {self.method!r} was cancelled on a rank"))
         elif isinstance(error, ActorFatalError):
@@ -65,11 +82,6 @@ class CollectiveReplies:
                 f"ranks diverged: call {self.method!r} got no reply from rank(s) {late} by its "
                 "deadline; whether they ran it is unknown, so the ranks can no longer be "
                 f"trusted to agree ({error})"))
-        if not self.result.done():
-            if error is not None:
-                self.result.set_exception(error)
-            elif fut.cancelled():
-                self.result.cancel()
         if self._answered == len(self.futs):
             self._judge()
 

@@ -28,21 +28,29 @@ from .workers import record_pid
 WORKER = "tests.actors.executor.workers:EchoWorker"
 
 
-def make_config(backend: str = "uni", tp: int = 1, pp: int = 1, **parallel: object) -> Config:
+# The mp executor on each same-host transport: shared-memory rings and ZeroMQ ipc.
+MP = ["mp-shm", "mp-ipc"]
+BACKENDS = ["uni", *MP]
+
+
+def make_config(backend: object = "uni", tp: int = 1, pp: int = 1, **parallel: object) -> Config:
+    """``backend`` is "uni", "mp" (default transport), "mp-<transport>" or an Executor class."""
+    if isinstance(backend, str) and backend.startswith("mp-"):
+        backend, parallel["transport"] = "mp", backend.removeprefix("mp-")
     return Config(model=ModelConfig(model="unused"), parallel=ParallelConfig(
         tensor_parallel_size=tp, pipeline_parallel_size=pp, distributed_executor_backend=backend,
         worker_cls=WORKER, worker_start_timeout_s=60, **parallel))
 
 
-@pytest.fixture(params=["uni", "mp"])
+@pytest.fixture(params=BACKENDS)
 async def executor(request: pytest.FixtureRequest):
     async with await Executor.create(make_config(request.param)) as ex:
         yield ex
 
 
-@pytest.fixture
-async def mp2():
-    async with await Executor.create(make_config("mp", tp=2)) as ex:
+@pytest.fixture(params=MP)
+async def mp2(request: pytest.FixtureRequest):
+    async with await Executor.create(make_config(request.param, tp=2)) as ex:
         yield ex
 
 
@@ -145,9 +153,10 @@ async def test_callables_run_only_in_process_or_when_the_config_allows_them(exec
             executor.collective_rpc(record_pid, ("x",))
 
 
+@pytest.mark.parametrize("backend", MP)
 @pytest.mark.timeout(60)
-async def test_callables_by_module_path_run_on_mp_workers_when_allowed():
-    async with await Executor.create(make_config("mp", allow_callable_rpc=True)) as ex:
+async def test_callables_by_module_path_run_on_mp_workers_when_allowed(backend):
+    async with await Executor.create(make_config(backend, allow_callable_rpc=True)) as ex:
         assert await ex.collective_rpc(record_pid, ("x",)) == [["x", 0]]
         with pytest.raises(TypeError):
             ex.collective_rpc(lambda w: 1)
@@ -195,12 +204,13 @@ def test_an_unknown_backend_raises_value_error_listing_the_choices():
     assert Executor.get_class(make_config(UniProcExecutor)) is UniProcExecutor
 
 
+@pytest.mark.parametrize("backend", MP)
 @pytest.mark.timeout(60)
-async def test_a_rank_failing_after_the_reply_rank_answered_fails_the_executor():
+async def test_a_rank_failing_after_the_reply_rank_answered_fails_the_executor(backend):
     # Rank 0 (the reply rank) answers at once; rank 1 fails later. The ranks no longer
     # hold the same state: the call fails, and the executor stops trusting them rather
     # than run the next step on diverged ranks.
-    async with await Executor.create(make_config("mp", tp=2)) as ex:
+    async with await Executor.create(make_config(backend, tp=2)) as ex:
         fired: list[int] = []
         ex.register_failure_callback(lambda: fired.append(1))
         with pytest.raises(RuntimeError, match="failed late"):
@@ -211,15 +221,74 @@ async def test_a_rank_failing_after_the_reply_rank_answered_fails_the_executor()
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("zmq_backend", ["aiozmq", "pyzmq"])
-async def test_a_long_stream_of_steps_to_two_ranks_neither_stalls_nor_accumulates(zmq_backend):
+@pytest.mark.parametrize("backend,zmq_backend",
+                         [("mp-ipc", "aiozmq"), ("mp-ipc", "pyzmq"), ("mp-shm", "auto")])
+async def test_a_long_stream_of_steps_to_two_ranks_neither_stalls_nor_accumulates(
+        backend, zmq_backend):
     # 4,000 steps, 50 in flight; every rank answers every step. This load once stalled
     # the aiozmq transport (a direct send consumed the socket FD's edge).
     rounds, per_round = 80, 50
-    async with await Executor.create(make_config("mp", tp=2, zmq_backend=zmq_backend)) as ex:
+    async with await Executor.create(make_config(backend, tp=2,
+                                                 zmq_backend=zmq_backend)) as ex:
         for start in range(0, rounds * per_round, per_round):
             steps = [ex.execute_model(step(i)) for i in range(start, start + per_round)]
             await asyncio.wait_for(asyncio.gather(*steps), 20)
             assert ex.refs[0].num_pending == ex.refs[1].num_pending == 0
         history = await ex.collective_rpc("history", unique_reply_rank=1)
     assert [tuple(x) for x in history[2:]] == [("step", i) for i in range(rounds * per_round)]
+
+
+@pytest.mark.timeout(60)
+async def test_a_call_to_every_same_host_rank_is_written_once_into_shared_memory():
+    async with await Executor.create(make_config("mp-shm", tp=2)) as ex:
+        ring = ex._channel.call_ring.ring
+        before = ring.write_position
+        assert await ex.collective_rpc("echo", (b"x" * 10_000,)) == [b"x" * 10_000] * 2
+        assert 10_000 < ring.write_position - before < 2 * 10_000  # one copy for both ranks
+
+
+@pytest.mark.timeout(60)
+async def test_a_failure_caused_by_a_peers_death_fails_the_call_naming_the_dead_rank():
+    # Over shared memory a surviving rank's reply ("the collective lost its peer") can reach
+    # the executor before its loop has seen the dead rank's sentinel. The call must still
+    # fail with the death, naming the rank that died, not with the survivor's symptom.
+    async with await Executor.create(make_config("mp-shm", tp=2)) as ex:
+        victim = ex.refs[0]
+        fut = ex.collective_rpc("die_or_fail_after", (0, 0.3))
+        time.sleep(1.0)  # the loop sees nothing: rank 0 is dead, rank 1's failure waits
+        ex._channel._receivers[1].drain()  # rank 1's reply is delivered first
+        with pytest.raises(ActorDiedError, match="rank 0") as info:
+            await fut
+        assert str(victim.pid) in str(info.value) and ex.is_failed
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.timeout(120)
+async def test_with_the_short_wait_on_two_ranks_keep_order_and_an_idle_rank_uses_no_cpu(
+        monkeypatch):
+    # The short wait is off by default where cores are fewer than waiters (this CI host);
+    # forced on here so its paths run with two ranks: pollers on the loop and on the work
+    # thread of each rank, and on the executor's loop.
+    monkeypatch.setenv("ACTOREXEC_SHM_SPIN_US", "400")
+    monkeypatch.setenv("ACTOREXEC_SHM_CALLER_SPIN_US", "1000")
+    async with await Executor.create(make_config("mp-shm", tp=2)) as ex:
+        for start in range(0, 1000, 50):  # steps (work thread) and loop calls, interleaved
+            steps = [ex.execute_model(step(i)) for i in range(start, start + 50)]
+            noops = [ex.collective_rpc("noop") for _ in range(10)]
+            outs = await asyncio.wait_for(asyncio.gather(*steps), 20)
+            assert [o.step_id for o in outs] == list(range(start, start + 50))
+            assert await asyncio.gather(*noops) == [[None, None]] * 10
+        for _ in range(200):  # back-to-back: every waiter has learned short waits
+            await ex.execute_model(step(1000))
+        history = await ex.collective_rpc("history", unique_reply_rank=1)
+        assert [tuple(x) for x in history[2:1002]] == [("step", i) for i in range(1000)]
+        await asyncio.sleep(0.2)  # past every window
+        before = [_cpu_seconds(ref.pid) for ref in ex.refs]
+        await asyncio.sleep(1.0)
+        used = [_cpu_seconds(ref.pid) - b for ref, b in zip(ex.refs, before, strict=True)]
+        assert max(used) < 0.05, f"idle ranks used {used} s of CPU in 1 s"

@@ -13,10 +13,10 @@ from actorexec.actors.worker import WorkerHealth
 from actorexec.protocol import ConfigError, ExecutorFailedError, ParallelConfig
 from actorexec.runtime import ActorFatalError
 
-from .test_executor import make_config, step
+from .test_executor import BACKENDS, MP, make_config, step
 
 
-@pytest.mark.parametrize("backend", ["uni", "mp"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.timeout(60)
 async def test_check_health_answers_during_a_long_call_and_says_what_runs(backend):
     async with await Executor.create(make_config(backend)) as ex:
@@ -35,7 +35,7 @@ async def test_check_health_answers_during_a_long_call_and_says_what_runs(backen
         assert idle.busy_method is None and idle.busy_for_s == 0.0 and not ex.is_failed
 
 
-@pytest.mark.parametrize("backend", ["uni", "mp"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.timeout(60)
 async def test_a_step_past_step_timeout_s_fails_the_executor_naming_rank_and_step(
         backend, monkeypatch):
@@ -54,10 +54,11 @@ async def test_a_step_past_step_timeout_s_fails_the_executor_naming_rank_and_ste
             ex.execute_model(step(14))
 
 
+@pytest.mark.parametrize("backend", MP)
 @pytest.mark.timeout(60)
-async def test_steps_may_reply_later_while_the_worker_takes_the_next_step(monkeypatch):
+async def test_steps_may_reply_later_while_the_worker_takes_the_next_step(backend, monkeypatch):
     monkeypatch.setenv("ACTOREXEC_TEST_REPLY_LATER_S", "0.5")  # each output 0.5 s "in flight"
-    async with await Executor.create(make_config("mp", tp=2)) as ex:
+    async with await Executor.create(make_config(backend, tp=2)) as ex:
         start = time.monotonic()
         outs = await asyncio.gather(*(ex.execute_model(step(i)) for i in range(6)))
         assert [o.step_id for o in outs] == list(range(6))

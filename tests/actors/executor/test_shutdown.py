@@ -14,7 +14,7 @@ import pytest
 
 from actorexec.actors.executor import Executor
 
-from .test_executor import make_config
+from .test_executor import MP, make_config
 
 
 def assert_gone(pids: list[int], path: str) -> None:
@@ -24,16 +24,17 @@ def assert_gone(pids: list[int], path: str) -> None:
     assert not os.path.exists(path)
 
 
+@pytest.mark.parametrize("backend", MP)
 @pytest.mark.parametrize("how", ["normally", "on_error", "on_cancellation"])
 @pytest.mark.timeout(60)
-async def test_async_with_leaves_no_process_or_socket_file(how):
+async def test_async_with_leaves_no_process_or_socket_file(how, backend):
     seen: dict[str, object] = {}
 
     async def body() -> None:
-        async with await Executor.create(make_config("mp", tp=2)) as ex:
+        async with await Executor.create(make_config(backend, tp=2)) as ex:
             seen["pids"] = [ref.pid for ref in ex.refs]
-            seen["dir"] = ex._dir.path
-            assert len(os.listdir(ex._dir.path)) == 2
+            seen["dir"] = ex._dir.path  # the rendezvous store's (and ipc sockets') directory
+            assert len(os.listdir(ex._dir.path)) == (2 if backend == "mp-ipc" else 0)
             if how == "on_error":
                 raise RuntimeError("caller bug")
             if how == "on_cancellation":
@@ -73,15 +74,16 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return False
 
 
+@pytest.mark.parametrize("backend", MP)
 @pytest.mark.timeout(90)
 async def test_cancelling_create_after_rank_0_is_ready_while_rank_1_starts_leaves_nothing(
-        tmp_path, monkeypatch):
+        backend, tmp_path, monkeypatch):
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("ACTOREXEC_TEST_MARK_DIR", str(marks))
     monkeypatch.setenv("ACTOREXEC_TEST_RANK1_START_DELAY_S", "60")  # rank 1 is slow to start
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the private dir goes
-    creating = asyncio.create_task(Executor.create(make_config("mp", tp=2)))
+    creating = asyncio.create_task(Executor.create(make_config(backend, tp=2)))
     await _wait_for_file(str(marks / "rank0.pid"), 60)
     await _wait_for_file(str(marks / "rank1.pid"), 60)
     await asyncio.sleep(0.5)  # rank 0 is serving; rank 1 is still in its start-up
@@ -107,7 +109,8 @@ PARENT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("transport,tp", [("ipc", 1), ("ipc", 2), ("tcp", 1), ("tcp", 2)])
+@pytest.mark.parametrize("transport,tp", [("shm", 1), ("shm", 2), ("ipc", 1), ("ipc", 2),
+                                          ("tcp", 1), ("tcp", 2)])
 @pytest.mark.timeout(60)
 def test_workers_exit_and_clean_up_when_their_parent_is_killed(transport, tp, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
@@ -119,8 +122,8 @@ def test_workers_exit_and_clean_up_when_their_parent_is_killed(transport, tp, tm
         workers = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(workers) == tp
         made = [p for p in os.listdir(tmp_path) if p.startswith("actorexec-")]
-        # tcp with one rank needs no directory (no socket files, no rendezvous)
-        assert len(made) == (0 if (transport, tp) == ("tcp", 1) else 1)
+        # shm or tcp with one rank needs no directory (no socket files, no rendezvous)
+        assert len(made) == (0 if transport != "ipc" and tp == 1 else 1)
         parent.kill()
         parent.wait()
         for pid in workers:

@@ -95,6 +95,10 @@ class EchoWorker(Worker):
         return list(self.log)
 
     @expose
+    def noop(self) -> None:
+        """An empty message each way (benchmarks/rpc_roundtrip.py)."""
+
+    @expose
     def whoami(self) -> list[int]:
         return [self.rank, os.getpid()]
 
@@ -134,6 +138,15 @@ class EchoWorker(Worker):
     @expose
     def die(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+    @expose(thread=True)
+    def die_or_fail_after(self, victim: int, after_s: float) -> int:
+        """``victim`` is SIGKILLed; every other rank fails ``after_s`` later, as a rank in a
+        collective that lost its peer would (gloo: connection closed)."""
+        if self.rank == victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(after_s)
+        raise RuntimeError(f"rank {self.rank}: the collective lost its peer")
 
     def execute_dummy_batch(self) -> None:
         self.log.append("dummy")

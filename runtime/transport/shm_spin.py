@@ -1,0 +1,116 @@
+"""The short adaptive wait: poll the ring a little before sleeping on its eventfd.
+
+Each site that waits for a message (a worker's work thread or loop for the
+next call, the executor's loop for replies) remembers how long its last few
+waits took. If they were short, the next wait first polls the ring for
+about twice that long, at most ``max_s``, and only then sleeps on the
+eventfd; if they were long (a step every 5 ms, an idle executor), it sleeps at
+once, so an idle rank uses no CPU at all. Why: waking a sleeping thread costs
+20-35 µs on an idle core of a GPU host (measured, ``docs/runtime.md``), and
+the core it runs on comes back cold; a back-to-back caller is answered
+without either. ``ACTOREXEC_SHM_SPIN_US`` sets a worker's ``max_s`` in
+microseconds, ``ACTOREXEC_SHM_CALLER_SPIN_US`` the executor's (0 turns the wait
+off; children inherit them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+
+WORKER_MAX_US = 400.0
+CALLER_MAX_US = 1000.0  # a caller waits for a whole round trip: its window may be longer
+_SAMPLES = 8
+
+
+def max_spin_s(ranks: int, caller: bool = False) -> float:
+    """The longest short wait for a site of a channel of ``ranks`` ranks. By default 0
+    when this process may use fewer cores than there are waiters (each rank and the
+    executor), since a waiter that polls would then take the core its peer needs; the
+    environment variable, when set, is taken as it is."""
+    name, default = (("ACTOREXEC_SHM_CALLER_SPIN_US", CALLER_MAX_US) if caller
+                     else ("ACTOREXEC_SHM_SPIN_US", WORKER_MAX_US))
+    if name in os.environ:
+        return float(os.environ[name]) / 1e6
+    if len(os.sched_getaffinity(0)) < ranks + 1:
+        return 0.0
+    return default / 1e6
+
+
+class AdaptiveSpin:
+    """How long to poll before sleeping, from how long recent waits took."""
+
+    def __init__(self, max_s: float) -> None:
+        self.max_s = max_s
+        self._waits: deque[float] = deque(maxlen=_SAMPLES)
+        self._since: float | None = None
+
+    def waiting(self) -> None:
+        """A wait begins (a reply just left, or a call was just sent)."""
+        self._since = time.perf_counter()
+
+    def arrived(self) -> None:
+        """What we waited for arrived."""
+        if self._since is not None:
+            self._waits.append(time.perf_counter() - self._since)
+            self._since = None
+
+    def window(self) -> float:
+        """Seconds to poll before sleeping: 0 unless recent waits were short."""
+        if self.max_s <= 0 or len(self._waits) < 3:
+            return 0.0
+        typical = sorted(self._waits)[len(self._waits) // 2]
+        if typical > self.max_s / 2:
+            return 0.0
+        return min(self.max_s, 2 * typical)
+
+
+def spin_on_thread(window_s: float, ready: Callable[[], bool]) -> bool:
+    """Polls ``ready()`` for up to ``window_s`` on a plain thread, yielding the CPU (and the
+    GIL) between polls; True as soon as it is."""
+    deadline = time.perf_counter() + window_s
+    while time.perf_counter() < deadline:
+        if ready():
+            return True
+        os.sched_yield()
+    return ready()
+
+
+class LoopSpin:
+    """Polls ``ready()`` once per loop iteration for up to a window, then calls
+    ``on_ready()``; the loop keeps running its other work meanwhile (each turn is an
+    iteration with a zero-timeout select)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ready: Callable[[], bool],
+                 on_ready: Callable[[], None], more: Callable[[], bool] | None = None) -> None:
+        self._loop = loop
+        self._ready = ready
+        self._on_ready = on_ready
+        self._more = more  # keep polling after on_ready while this says so
+        self._deadline = 0.0
+        self._handle: asyncio.Handle | None = None
+
+    def start(self, window_s: float) -> None:
+        if window_s <= 0:
+            return
+        self._deadline = time.perf_counter() + window_s
+        if self._handle is None:
+            self._handle = self._loop.call_soon(self._turn)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _turn(self) -> None:
+        self._handle = None
+        if self._ready():
+            self._on_ready()
+            if self._more is None or not self._more():
+                return
+        if time.perf_counter() < self._deadline:
+            os.sched_yield()  # whoever we wait for may need this core
+            self._handle = self._loop.call_soon(self._turn)
