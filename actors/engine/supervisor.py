@@ -162,6 +162,21 @@ class ExecutorSupervisor:
         self.blamed = self.attribution.strike(in_flight, live)
         return True
 
+    def _name_the_death(self, failed: Executor) -> None:
+        """When another rank reported the failure first (its collective lost the dead peer,
+        or the ranks were judged diverged), the cause to log is the death behind it: the
+        first worker that has exited, with its rank, pid and signal."""
+        if isinstance(self._cause, ActorDiedError):
+            return
+        for ref in failed.refs:
+            notice = getattr(ref, "notice_exit", None)
+            if notice is not None:
+                notice()  # waitpid(WNOHANG): records an exit the loop has not seen yet
+            dead = getattr(ref, "dead", None)
+            if isinstance(dead, ActorDiedError):
+                self._cause = dead
+                return
+
     def blame_error(self, req: Request) -> RequestFailedError:
         return RequestFailedError(
             f"request {req.req_id!r} was in flight at {STRIKES_TO_BLAME} executor failures in "
@@ -174,6 +189,7 @@ class ExecutorSupervisor:
 
         A start that fails is retried while the budget allows; then its error is raised.
         """
+        self._name_the_death(failed)
         await failed.shutdown(grace_s=0.0)   # kills every worker: some may hang in a collective
         self._backoff_s = 0.0
         while True:
