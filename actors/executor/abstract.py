@@ -307,6 +307,24 @@ class Executor(abc.ABC):
         self._shut_down = True
         await self._stop_workers(grace_s)
 
+    async def _shut_down_politely(self, grace_s: float) -> None:
+        """Out-of-process workers: each runs its ``shutdown``, then its ref waits for the
+        exit with what is left of ``grace_s`` (the caller kills whatever remains)."""
+        start = time.monotonic()
+        await self._ask_shutdown(timeout_s=grace_s)
+        left = max(0.1, grace_s - (time.monotonic() - start))
+        await asyncio.gather(*(ref.close(left) for ref in self.refs))
+
+    async def _stop_in_process_worker(self, grace_s: float) -> None:
+        """The one in-process worker (uni, external launcher): its ``shutdown`` if the
+        executor is healthy, then its ref closes, also on error or cancellation."""
+        try:
+            if self.refs and self.failure is None and grace_s > 0:
+                await self._ask_shutdown(timeout_s=grace_s)
+        finally:
+            for ref in self.refs:
+                await ref.close(grace_s)
+
     async def _ask_shutdown(self, timeout_s: float) -> None:
         """Best effort: each live worker runs its ``shutdown`` and stops serving."""
         prepared = PreparedCall("shutdown", self.method_specs["shutdown"])

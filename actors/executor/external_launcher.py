@@ -106,12 +106,7 @@ class ExecutorWithExternalLauncher(Executor):
         await ref.start()
 
     async def _stop_workers(self, grace_s: float) -> None:
-        try:
-            if self.refs and self.failure is None and grace_s > 0:
-                await self._ask_shutdown(timeout_s=grace_s)
-        finally:
-            for ref in self.refs:
-                await ref.close(grace_s)
+        await self._stop_in_process_worker(grace_s)
 
     def _fail(self, error: BaseException) -> None:
         if self.failure is None and not self._shut_down:

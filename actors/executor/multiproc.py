@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 from actorexec.protocol import wire_config
 from actorexec.runtime import ProcessRef
@@ -79,10 +78,7 @@ class MultiprocExecutor(Executor):
             # A failed executor kills its remaining workers at once: they may be stuck in
             # a collective with the dead rank, so a polite shutdown would only wait.
             if self.failure is None and self.refs and grace_s > 0:
-                start = time.monotonic()
-                await self._ask_shutdown(timeout_s=grace_s)
-                left = max(0.1, grace_s - (time.monotonic() - start))
-                await asyncio.gather(*(ref.close(left) for ref in self.refs))
+                await self._shut_down_politely(grace_s)
         finally:
             # Also on cancellation or error: nothing outlives the executor.
             for ref in self.refs:

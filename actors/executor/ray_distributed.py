@@ -29,7 +29,6 @@ import contextlib
 import functools
 import logging
 import os
-import time
 from typing import Any
 
 import msgspec
@@ -241,10 +240,7 @@ class RayDistributedExecutor(Executor):
     async def _stop_workers(self, grace_s: float) -> None:
         try:
             if self.failure is None and self.refs and grace_s > 0:
-                start = time.monotonic()
-                await self._ask_shutdown(timeout_s=grace_s)
-                left = max(0.1, grace_s - (time.monotonic() - start))
-                await asyncio.gather(*(ref.close(left) for ref in self.refs))
+                await self._shut_down_politely(grace_s)
         finally:
             # Also on cancellation or error: synchronous, so nothing outlives the executor.
             for timer in self._lost_timers.values():

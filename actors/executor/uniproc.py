@@ -31,11 +31,8 @@ class UniProcExecutor(Executor):
 
     async def _stop_workers(self, grace_s: float) -> None:
         try:
-            if self.refs and self.failure is None and grace_s > 0:
-                await self._ask_shutdown(timeout_s=grace_s)
+            await self._stop_in_process_worker(grace_s)
         finally:
-            for ref in self.refs:
-                await ref.close(grace_s)
             # The worker (model, KV cache) lives in this process: drop it now, so that a
             # fresh executor started next (an engine restart) sizes its KV cache from free
             # device memory. A step still hung on the old work thread keeps what it
