@@ -125,10 +125,12 @@ def init_distributed(config: Config, rank: int, distributed_init_method: str | N
             if rank in ends:
                 token_group = group
     small_all_reduce = None
-    if tp > 1 and device.type == "cuda" and symm_all_reduce.wanted():
+    if tp > 1 and symm_all_reduce.choose(tp_group, device):
+        hf = read_hf_config(config.model.model)
+        dtype = resolve_dtype(config.model.dtype, hf, device)
         small_all_reduce = symm_all_reduce.SymmMemAllReduce(
-            tp_group, resolve_dtype(config.model.dtype, read_hf_config(config.model.model),
-                                    device), device)
+            tp_group, dtype, device, symm_all_reduce.buffer_bytes(
+                config.scheduler.max_num_seqs, hf.hidden_size, dtype))
     return ParallelContext(tp_rank=rank % tp, tp_size=tp, pp_rank=rank // tp, pp_size=pp,
                            layer_range=layer_range, tp_group=tp_group, pp_group=pp_group,
                            prev_link_group=links.get((rank - tp, rank)),

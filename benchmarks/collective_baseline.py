@@ -8,7 +8,11 @@ For a decode step's activation ``[tokens, hidden]`` at each size asked for, time
     PP stage hands its activations on.
 2 spawned processes, one GPU each with NCCL (gloo on the CPU). Each figure is the
 mean of ``iters`` back-to-back operations timed together (launch included, one
-sync at the end), the median of 5 such runs.
+sync at the end), the median of 5 such runs. On CUDA the all-reduces are also
+timed as a decode step runs them, captured in one CUDA graph of ``iters``
+operations and replayed (``*_graph_us``: no launch cost, only the kernels and
+their synchronisation); ``symm_mem_gemm_graph_us`` is the symmetric-memory
+path without its staging copy (a GEMM's output written into the buffer).
 """
 
 from __future__ import annotations
@@ -38,7 +42,19 @@ def _timed(op: Callable[[], None], sync: Callable[[], None], iters: int) -> floa
     return statistics.median(runs)
 
 
-def _symm_mem_op(x: torch.Tensor) -> Callable[[], None]:
+def _graphed(op: Callable[[], None], sync: Callable[[], None], iters: int) -> float:
+    """Mean µs of ``op`` replayed from a CUDA graph of ``iters`` calls (median of 5)."""
+    for _ in range(3):
+        op()
+    sync()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            op()
+    return _timed(graph.replay, sync, 1) / iters
+
+
+def _symm_mem_op(x: torch.Tensor, copy: bool = True) -> Callable[[], None]:
     from torch.distributed import _symmetric_memory as symm_mem
 
     group = dist.group.WORLD
@@ -50,7 +66,8 @@ def _symm_mem_op(x: torch.Tensor) -> Callable[[], None]:
     flat = x.view(-1)
 
     def op() -> None:
-        buffer.copy_(flat)
+        if copy:  # the GEMM path writes into ``buffer`` itself: nothing to copy
+            buffer.copy_(flat)
         torch.ops.symm_mem.one_shot_all_reduce_out(buffer, "sum", group.group_name, flat)
 
     return op
@@ -94,8 +111,12 @@ def _rank(rank: int, port: int, device: str, shapes: list[tuple[int, int]], iter
             "all_reduce_us": _timed(_all_reduce_op(x), sync, iters),
             "send_recv_us": _timed(_p2p_op(pair, rank), sync, iters)}
         if device == "cuda":
+            row["all_reduce_graph_us"] = _graphed(_all_reduce_op(x), sync, iters)
             try:
                 row["symm_mem_all_reduce_us"] = _timed(_symm_mem_op(x), sync, iters)
+                row["symm_mem_graph_us"] = _graphed(_symm_mem_op(x), sync, iters)
+                row["symm_mem_gemm_graph_us"] = _graphed(_symm_mem_op(x, copy=False), sync,
+                                                         iters)
             except Exception as exc:  # an older torch, no P2P: say why, keep the rest
                 row["symm_mem_all_reduce_us"] = f"unavailable: {type(exc).__name__}: {exc}"
         out[f"{shape[0]}x{shape[1]}"] = row

@@ -154,9 +154,9 @@ async def decode(executor: Executor, groups: list[RequestGroup], steps: int, asy
             "elapsed_s": elapsed, "tokens": tokens[0]}
 
 
-async def measure(executor: Executor, run: Run, pp: int, prompt_len: int, steps: int
-                  ) -> dict[str, Any]:
-    groups = make_groups(run, prompt_len, steps, MODEL["vocab_size"])
+async def measure(executor: Executor, run: Run, pp: int, prompt_len: int, steps: int,
+                  profile_steps: int = 0) -> dict[str, Any]:
+    groups = make_groups(run, prompt_len, steps + profile_steps, MODEL["vocab_size"])
     for g in groups:
         for so in g.prefill_steps(PREFILL_BUDGET):
             g.absorb(await executor.execute_model(so))
@@ -164,9 +164,16 @@ async def measure(executor: Executor, run: Run, pp: int, prompt_len: int, steps:
     await executor.collective_rpc("parallel_throughput:take_step_events")
     result = await decode(executor, groups, steps, run.async_on, run.in_flight(pp))
     events = await executor.collective_rpc("parallel_throughput:take_step_events")
+    kernels = None
+    if profile_steps:  # a few more steps under the profiler, apart from the timed ones
+        await executor.collective_rpc("kernel_profile:start")
+        await decode(executor, groups, profile_steps, run.async_on, run.in_flight(pp))
+        kernels = await executor.collective_rpc("kernel_profile:stop")
     for g in groups:
         await executor.execute_model(g.finish())
-    return {"groups": run.groups, "batch": run.batch, "async": run.async_on,
+    extra = {} if kernels is None else {"kernel_profile": kernels,
+                                        "profile_steps": profile_steps}
+    return {**extra, "groups": run.groups, "batch": run.batch, "async": run.async_on,
             "in_flight": run.in_flight(pp), **result,
             "gpu_idle_share": [idle_share(e) for e in events],
             "gpu_step_ms": [statistics.mean(b - a for a, b in e) if e else 0.0 for e in events]}
@@ -200,6 +207,22 @@ async def run_layout(name: str, tp: int, pp: int, args: argparse.Namespace, mode
                                                 args.steps)}
                 print(f"{key}: {summary(results[key])}", flush=True)
                 out.write_text(json.dumps({"runs": results}, indent=1))
+        if args.profile_steps:  # the deepest async run of the largest batch, profiled
+            run = runs[-1]
+            key = run.name(name, pp) + "_profiled"
+            results[key] = {"layout": name, "tp": tp, "pp": pp,
+                            **await measure(executor, run, pp, args.prompt_len, args.steps,
+                                            args.profile_steps)}
+            print_kernels(key, results[key])
+
+
+def print_kernels(key: str, r: dict[str, Any]) -> None:
+    for rank, k in enumerate(r["kernel_profile"]):
+        steps = r["profile_steps"] * max(1, r["groups"])
+        print(f"{key} rank {rank}: {k['kernels'] / steps:.0f} kernels/step, busy "
+              f"{k['busy_us'] / steps:.0f} us/step of span {k['span_us'] / steps:.0f}")
+        for name, count, total in k["table"][:15]:
+            print(f"  {total / steps:8.1f} us/step {count / steps:6.1f}x  {name}")
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -245,6 +268,8 @@ def main() -> None:
     parser.add_argument("--layouts", default="tp1,tp2,pp2,tp2symm")
     parser.add_argument("--layout-timeout", type=float, default=200.0,
                         help="seconds one layout (start-up included) may take")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="then profile this many steps of each layout's deepest run")
     parser.add_argument("--out", default=  # a new file per run: results are kept
                         f"results/parallel_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
     args = parser.parse_args()
@@ -260,10 +285,10 @@ def main() -> None:
     errors: dict[str, str] = {}
     for name in args.layouts.split(","):
         tp, pp = layouts[name]
-        if name == "tp2symm":
-            if args.device != "cuda":
-                continue
-            os.environ["ACTOREXEC_TP_ALL_REDUCE"] = "symm_mem"
+        if name == "tp2symm" and args.device != "cuda":
+            continue
+        if tp > 1:  # each TP layout names its all-reduce, whatever the default is
+            os.environ["ACTOREXEC_TP_ALL_REDUCE"] = "symm_mem" if name == "tp2symm" else "nccl"
         try:  # a layout that hangs (say, a collective that never completes) is cut off
             asyncio.run(asyncio.wait_for(run_layout(name, tp, pp, args, model_dir, results,
                                                     out), args.layout_timeout))

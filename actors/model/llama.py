@@ -35,9 +35,14 @@ from actorexec.actors.model.parallel import ParallelContext
 
 @dataclass
 class IntermediateTensors:
-    """What one pipeline stage hands the next: the residual stream, split as vLLM does."""
+    """What one pipeline stage hands the next: the residual stream, split as vLLM does.
 
-    hidden: torch.Tensor    # [num_tokens, hidden]
+    ``hidden`` is the sending TP rank's partial sum of its last layer's output; the
+    same TP rank of the next stage receives it, and that stage's first norm sums the
+    parts over its TP group (one all-reduce per boundary, where it is needed anyway).
+    """
+
+    hidden: torch.Tensor    # [num_tokens, hidden], this TP rank's part
     residual: torch.Tensor  # [num_tokens, hidden]
 
 
@@ -58,7 +63,8 @@ class LlamaAttention(nn.Module):
         return q, k  # Qwen3 normalises each head here
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, reduce: bool = True) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden], summed over TP ranks or (``reduce=False``) not."""
         q, k, v = self.qkv_proj.split(self.qkv_proj(x))  # [T, Hq, D], [T, Hkv, D] x2
         q, k = self.qk_norm(q, k)
         cache = self.attn.kv_cache
@@ -66,9 +72,9 @@ class LlamaAttention(nn.Module):
             # GPU: RoPE and the K/V cache write in one kernel (two fewer launches a layer).
             rope_and_write_kv_(q, k, v, self.rotary_emb.table(q.device), positions, cache,
                                meta.slot_mapping)
-            return self.o_proj(self.attn(q, k, v, meta, kv_written=True))
+            return self.o_proj(self.attn(q, k, v, meta, kv_written=True), reduce)
         q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, meta))     # [T, hidden] after all-reduce
+        return self.o_proj(self.attn(q, k, v, meta), reduce)
 
 
 class LlamaMLP(nn.Module):
@@ -81,8 +87,9 @@ class LlamaMLP(nn.Module):
                                                        parallel, dtype)
         self.down_proj = RowParallelLinear(i, cfg.hidden_size, False, parallel, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))  # [T, 2I/tp] -> [T, I/tp]
+    def forward(self, x: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+        # [T, hidden] -> [T, 2I/tp] -> [T, I/tp] -> [T, hidden] (summed over TP if reduce)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)), reduce)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -90,6 +97,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def __init__(self, cfg: HFModelConfig, parallel: ParallelContext, dtype: torch.dtype) -> None:
         super().__init__()
+        self.parallel = parallel
         self.self_attn = self.attention_cls(cfg, parallel, dtype)
         self.mlp = LlamaMLP(cfg, parallel, dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
@@ -97,13 +105,20 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, residual) -> (this rank's partial MLP output, residual), both [T, hidden].
+
+        ``x`` is the embedding (``residual`` None: the first layer of the model) or the
+        previous layer's partial output, not yet summed over TP ranks: each all-reduce
+        happens in the norm after it (ParallelContext.reduce_add_norm), one fused
+        kernel on GPUs with the symmetric-memory path.
+        """
         if residual is None:
             residual, x = x, self.input_layernorm(x)
         else:
-            x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(positions, x, meta)
-        x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+            x, residual = self.parallel.reduce_add_norm(x, residual, self.input_layernorm)
+        h = self.self_attn(positions, x, meta, reduce=False)
+        x, residual = self.parallel.reduce_add_norm(h, residual, self.post_attention_layernorm)
+        return self.mlp(x, reduce=False), residual
 
 
 class LlamaModel(nn.Module):
@@ -127,6 +142,7 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                 meta: AttentionMetadata, intermediate: IntermediateTensors | None = None
                 ) -> torch.Tensor | IntermediateTensors:
+        self.parallel.begin_forward()
         if self.parallel.is_first_stage:
             assert input_ids is not None
             x, residual = self.embed_tokens(input_ids), None  # [T, hidden]
@@ -135,9 +151,9 @@ class LlamaModel(nn.Module):
             x, residual = intermediate.hidden, intermediate.residual
         for layer in self.layers.values():
             x, residual = layer(positions, x, residual, meta)
-        if not self.parallel.is_last_stage:
-            return IntermediateTensors(x, residual)
-        x, _ = self.norm(x, residual)
+        if not self.parallel.is_last_stage:  # partial sums: the next stage sums them
+            return IntermediateTensors(self.parallel.owned(x), residual)
+        x, _ = self.parallel.reduce_add_norm(x, residual, self.norm)
         return x  # [T, hidden]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,41 @@ class ParallelContext:
                                      and self.small_all_reduce(x)):
             dist.all_reduce(x, group=self.tp_group)
         return x
+
+    def begin_forward(self) -> None:
+        """A forward starts (the symmetric-memory path takes its regions in a fixed order)."""
+        if self.small_all_reduce is not None:
+            self.small_all_reduce.begin_forward()
+
+    def row_linear(self, x: torch.Tensor, weight: torch.Tensor, reduce: bool = True
+                   ) -> torch.Tensor:
+        """A row-parallel layer's ``x @ weight.T``: summed over the TP group, or with
+        ``reduce=False`` this rank's partial sum, for :meth:`reduce_add_norm` to sum."""
+        fast = self.small_all_reduce if self.tp_size > 1 else None
+        if fast is not None:
+            out = fast.linear(x, weight) if reduce else fast.partial(x, weight)
+            if out is not None:
+                return out
+        out = F.linear(x, weight)
+        return self.all_reduce(out) if reduce else out
+
+    def reduce_add_norm(self, partial: torch.Tensor, residual: torch.Tensor, norm: Any
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``norm(sum over TP of partial, residual)``: (normed, new residual). One fused
+        kernel where the symmetric-memory path holds ``partial``; else all-reduce, norm."""
+        fast = self.small_all_reduce if self.tp_size > 1 else None
+        if fast is not None:
+            fused = fast.reduce_add_norm(partial, residual, norm.weight, norm.eps)
+            if fused is not None:
+                return fused
+            if fast.holds(partial):
+                return norm(fast.sum_partial(partial), residual)
+        return norm(self.all_reduce(partial), residual)
+
+    def owned(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``, or a copy if it lives in the all-reduce buffer (reused by the next layer)."""
+        fast = self.small_all_reduce if self.tp_size > 1 else None
+        return x.clone() if fast is not None and fast.holds(x) else x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Concatenates each TP rank's ``x`` along ``dim``; identity at TP size 1."""

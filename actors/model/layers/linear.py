@@ -159,7 +159,11 @@ class RowParallelLinear(nn.Module):
         start, _ = self.parallel.shard_range(self.in_features)
         copy_checked(param, read_rows(source, 1, start, self.in_per_rank, self.in_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, in_per_rank] -> partial [T, out]; bias added once, after the sum.
-        out = self.parallel.all_reduce(F.linear(x, self.weight))
+    def forward(self, x: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+        """x: [T, in_per_rank] -> [T, out] summed over TP ranks, or with ``reduce=False``
+        this rank's partial sum (the caller sums it: ParallelContext.reduce_add_norm)."""
+        if not reduce and self.bias is not None:
+            raise ValueError("a row-parallel layer with a bias cannot leave its sum to the "
+                             "caller (the bias must be added once, after the sum)")
+        out = self.parallel.row_linear(x, self.weight, reduce)
         return out if self.bias is None else out + self.bias

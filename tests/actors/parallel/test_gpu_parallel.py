@@ -97,7 +97,8 @@ async def test_symmetric_memory_all_reduce_gives_the_nccl_tokens(checkpoints, mo
     if gpus() < 2:
         pytest.skip("needs 2 GPUs")
     path = str(checkpoints["llama"])
+    monkeypatch.setenv("ACTOREXEC_TP_ALL_REDUCE", "nccl")  # the workers inherit it
     nccl = await run(path, 2, 1, async_scheduling=True)
-    monkeypatch.setenv("ACTOREXEC_TP_ALL_REDUCE", "symm_mem")  # the workers inherit it
+    monkeypatch.setenv("ACTOREXEC_TP_ALL_REDUCE", "symm_mem")  # fused reduce-add-norm
     symm = await run(path, 2, 1, async_scheduling=True)
     assert symm == nccl
