@@ -112,6 +112,14 @@ class Worker(Actor):
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            if self.model_runner is not None:
+                # Destroying NCCL communicators that CUDA graphs captured can hang
+                # (pytorch/pytorch#115388): drop the graphs, let the device go idle.
+                self.model_runner.stage.clear()
+                if self.device is not None and self.device.type == "cuda":
+                    import torch
+
+                    torch.cuda.synchronize(self.device)
             dist.destroy_process_group()
 
     # -- set-up ---------------------------------------------------------------
