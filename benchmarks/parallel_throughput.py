@@ -9,13 +9,17 @@ interleaved:
     sent before, taking its token from the device: two steps in flight);
   * PP=2: 1, 2 or 3 disjoint batches ("groups"), async off (at most pp = 2 steps in
     flight) or on (at most pp + 1 = 3);
-  * TP=2 with the symmetric-memory all-reduce (ACTOREXEC_TP_ALL_REDUCE=symm_mem).
+  * TP=2 twice: ``tp2`` forces NCCL all-reduces (ACTOREXEC_TP_ALL_REDUCE=nccl),
+    ``tp2symm`` the symmetric-memory path (the default on one host: each all-reduce
+    fused with the residual add and RMSNorm after it).
 Reported per configuration: decode tokens/s, the median time between a batch's
 consecutive outputs (its step time as a user sees it), and each rank's GPU idle
 share between decode steps (CUDA events around each step on the compute stream,
 ``ACTOREXEC_STEP_EVENTS``). Baselines in the same run: raw 2-rank NCCL and
 symmetric-memory all-reduce and batched send/recv of one step's activations
-(``collective_baseline.py``). Prints a table, writes JSON. Run on the device:
+(``collective_baseline.py``). ``--profile-steps N``: then N more steps of each
+layout's deepest run under the torch profiler in every worker, printed as a
+per-rank kernel table (``kernel_profile.py``). Prints a table, writes JSON. Run on the device:
 ``bash benchmarks/device_run.sh parallel`` (nvidia-h200-x2, ~8 minutes).
 """
 

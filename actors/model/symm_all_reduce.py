@@ -1,24 +1,25 @@
-"""TP all-reduce through torch's symmetric memory (one-shot, NVLink loads), for small messages.
+"""TP all-reduce through torch's symmetric memory (NVLink loads), for decode-sized messages.
 
 Why: a decode step all-reduces ``[batch, hidden]`` twice per layer (8 KB to 512 KB
 in bf16 for an 8B model at batch 1 to 64). NCCL's latency at these sizes is
-its protocol overhead, not bandwidth; a one-shot kernel reads every peer's
-buffer directly over NVLink. Whether it is faster here is measured by
-``benchmarks/collective_baseline.py`` (both, same run); it is used only when
-``ACTOREXEC_TP_ALL_REDUCE=symm_mem``.
+its protocol overhead, not bandwidth: inside a CUDA graph on two H200s its
+all-reduce of ``[64, 4096]`` takes 24-28 us, torch's one-shot kernel 10 us
+without a staging copy, and the fused kernel here (all-reduce + residual add +
+RMSNorm, ``symm_all_reduce_kernels.py``) 7 us, replacing the norm kernel too
+(``benchmarks/collective_baseline.py``, ``parallel_throughput.py --profile-steps``).
+It is the default wherever every TP rank is a GPU of one host that reaches the
+others by peer access (:func:`choose`; ``ACTOREXEC_TP_ALL_REDUCE=nccl`` turns it
+off); messages larger than the buffer (a long prefill) go to NCCL.
 
-NVLink multicast stays off: only ``one_shot_all_reduce`` (plain peer loads) is
-used, never the multimem operations, and the device scripts set
-``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` / ``NCCL_NVLS_ENABLE=0``.
+NVLink multicast stays off: only plain peer loads and stores (torch's
+``one_shot_all_reduce`` and our kernel), never the multimem operations; the
+device scripts set ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` / ``NCCL_NVLS_ENABLE=0``.
 
 A row-parallel layer's GEMM writes its partial sum straight into a symmetric
-buffer rendezvoused once over the TP group (:meth:`SymmMemAllReduce.linear`:
-one GEMM and one all-reduce kernel, no staging copy); other tensors are copied
-in first (:meth:`SymmMemAllReduce.__call__`). The buffer's size bounds the
-messages taken (a decode step's ``[max_num_seqs, hidden]``); larger ones, e.g.
-a long prefill, go to NCCL. Reusing the one buffer for every layer is safe:
-torch's one-shot kernel ends with a barrier, so no rank writes the buffer
-again before every peer has read it. Both kernels can be captured in CUDA graphs.
+buffer rendezvoused once over the TP group (:meth:`SymmMemAllReduce.partial`);
+the norm after it sums the parts (:meth:`SymmMemAllReduce.reduce_add_norm`).
+Other tensors (the embedding's) are copied in first (:meth:`SymmMemAllReduce.__call__`).
+Every kernel here can be captured in CUDA graphs.
 """
 
 from __future__ import annotations

@@ -36,11 +36,12 @@ class StagingRing:
 
     Why a ring: a non-blocking H2D copy reads the pinned buffer later, on the
     copy stream; the host may refill that buffer only after the copy ran.
-    With N buffers the host waits (normally not at all) on the copy of N steps ago.
+    With N buffers the host waits (normally not at all) on the N-th copy before this
+    one; a step may take several, and PP keeps pp + 1 steps queued on stage 0.
     """
 
     def __init__(self, numel: int, dtype: torch.dtype, device: torch.device,
-                 depth: int = 3) -> None:
+                 depth: int = 8) -> None:
         self.cuda = device.type == "cuda"
         self.buffers = [torch.empty(numel, dtype=dtype, pin_memory=self.cuda)
                         for _ in range(depth)]
