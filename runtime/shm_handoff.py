@@ -29,6 +29,7 @@ connection shows it (the death watch itself is a pidfd: shm_remote_ref.py).
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import hmac
@@ -158,6 +159,18 @@ class ShmHandoff:
         self._sock.close()
 
 
+def _recv_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int], int]:
+    """One message and the fds beside it, received close-on-exec (so a program the host
+    starts inherits none). ``socket.recv_fds`` ignores its flags argument (Python 3.11)."""
+    fds = array.array("i")
+    msg, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(max_fds * fds.itemsize),
+                                          socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    return msg, list(fds), flags
+
+
 def receive_endpoint(address: str, nonce: bytes, slot: int,
                      timeout_s: float) -> tuple[ShmEndpoint, socket.socket]:
     """The host's end (blocking): asks the executor at ``address`` for ring ``slot``;
@@ -167,8 +180,7 @@ def receive_endpoint(address: str, nonce: bytes, slot: int,
         sock.settimeout(timeout_s)
         sock.connect("\0" + address)
         sock.send(msgspec.msgpack.encode(ShmHello(nonce, slot)))
-        msg, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, len(GRANT_FDS),
-                                             socket.MSG_CMSG_CLOEXEC)
+        msg, fds, flags = _recv_with_fds(sock, len(GRANT_FDS))
         try:
             if not msg:
                 raise ConnectionError(f"the executor refused ring slot {slot} (hung up)")
