@@ -7,9 +7,12 @@ Measures median and p99 of: a no-op (``check_health``, answered from each
 worker's loop) and a 256-request decode ``SchedulerOutput`` (``execute_model``
 on a test worker that returns a small ModelRunnerOutput without a model; every
 rank answers, the output rank with the output), to 1 and 2 workers, on the
-default loop and on uvloop, for the ``mp`` backend (ipc, and tcp on 127.0.0.1)
-and, when Ray is installed, the ``ray`` backend (a local one-node Ray cluster;
-tcp to the node IP). Baselines in the same run: the same encoded bytes echoed
+default loop and on uvloop, for the ``mp`` backend (its default transport, the
+shared-memory rings) and, when Ray is installed, the ``ray`` backend on a local
+one-node Ray cluster: with its default transport (every rank is on the
+driver's node, so on the same rings as ``mp``) and with ``transport="tcp"``
+(tcp to the node IP, as ranks on other nodes are driven). Baselines in the
+same run: the same encoded bytes echoed
 through one raw pyzmq DEALER/ROUTER pair (thread peer), and sent as plain Ray
 actor calls (``actor.execute_model.remote(bytes)`` to every rank, awaited
 together; the actor decodes the step and returns the same encoded reply our
@@ -75,7 +78,7 @@ async def timed(call: Callable[[], Awaitable[object]], iters: int) -> dict[str, 
 
 
 async def bench_executor(workers: int, iters: int, backend: str = "mp",
-                         transport: str = "ipc") -> dict[str, dict[str, float]]:
+                         transport: str = "shm") -> dict[str, dict[str, float]]:
     config = Config(model=ModelConfig(model="unused"), parallel=ParallelConfig(
         tensor_parallel_size=workers, distributed_executor_backend=backend, worker_cls=WORKER,
         transport=transport))
@@ -166,14 +169,32 @@ async def bench_raw(iters: int) -> dict[str, dict[str, float]]:
 
 async def bench_all(iters: int, with_ray: bool) -> dict[str, object]:
     results: dict[str, object] = {"raw_pyzmq_echo": await bench_raw(iters)}
-    for workers in (1, 2):
+    for workers in (1, 2):  # interleaved: each backend's rows are taken close in time
         results[f"mp_{workers}_workers"] = await bench_executor(workers, iters)
-        results[f"mp_tcp_{workers}_workers"] = await bench_executor(workers, iters,
-                                                                    transport="tcp")
         if with_ray:
             results[f"ray_{workers}_workers"] = await bench_executor(workers, iters, "ray")
+            results[f"ray_tcp_{workers}_workers"] = await bench_executor(workers, iters, "ray",
+                                                                         "tcp")
             results[f"plain_ray_{workers}_workers"] = await bench_plain_ray(workers, iters)
     return results
+
+
+def print_ratios(report: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
+    """The targets of issue 11: ray within 10% of mp, and >= 2x faster than plain Ray."""
+    print(f"{'loop':8} {'workers':>7} {'call':10} {'ray/mp':>7} {'ray_tcp/mp':>10} "
+          f"{'plain/ray':>9}")
+    for loop_name, targets in report.items():
+        for workers in (1, 2):
+            if f"ray_{workers}_workers" not in targets:
+                continue
+            mp, ray = targets[f"mp_{workers}_workers"], targets[f"ray_{workers}_workers"]
+            ray_tcp = targets[f"ray_tcp_{workers}_workers"]
+            plain = targets[f"plain_ray_{workers}_workers"]
+            for call in ("noop", "decode256"):
+                med = {name: row[call]["median_us"] for name, row in
+                       (("mp", mp), ("ray", ray), ("ray_tcp", ray_tcp), ("plain", plain))}
+                print(f"{loop_name:8} {workers:7} {call:10} {med['ray'] / med['mp']:7.2f} "
+                      f"{med['ray_tcp'] / med['mp']:10.2f} {med['plain'] / med['ray']:9.2f}")
 
 
 def start_ray() -> bool:
@@ -220,6 +241,7 @@ def main() -> None:
                 ratio = s["median_us"] / raw[call]["median_us"]
                 print(f"{loop_name:8} {target:22} {call:10} {s['median_us']:10.1f} "
                       f"{s['p99_us']:10.1f} {ratio:7.2f}")
+    print_ratios(report["loops"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)

@@ -108,8 +108,10 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     (default: as even as possible, earlier stages taking the remainder).
     ``transport`` (``mp``): ``"shm"`` (same-host ranks over shared-memory rings;
     the default, on Linux), ``"ipc"`` (ZeroMQ over unix sockets; where shared
-    memory is not available) or ``"tcp"`` (ZeroMQ; binds to ``host`` only);
-    ``ray`` always uses tcp on each node's own IP. ``ray_address`` is the Ray
+    memory is not available) or ``"tcp"`` (ZeroMQ; binds to ``host`` only).
+    For ``ray``: ``"shm"`` (the default) serves ranks on the driver's own Ray
+    node over shared-memory rings and the others over tcp on their node's IP;
+    ``"tcp"`` uses tcp for every rank; ``"ipc"`` is refused. ``ray_address`` is the Ray
     cluster to join (None: ``RAY_ADDRESS``, else a local one-node cluster);
     ``placement_strategy`` is the Ray placement group's strategy over the
     ``tp x pp`` bundles.
@@ -159,6 +161,10 @@ class ParallelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                               f"'module:QualName', got {backend!r}")
         _choice("ParallelConfig", "transport", self.transport, TRANSPORTS)
         _choice("ParallelConfig", "zmq_backend", self.zmq_backend, ZMQ_BACKENDS)
+        if backend == "ray" and self.transport == "ipc":
+            raise ConfigError("ParallelConfig.transport='ipc' is not offered by the ray "
+                              "backend: use 'shm' (same-node ranks over shared memory, the "
+                              "rest over tcp) or 'tcp'")
         if self.transport == "tcp" and self.host in ("", "*", "0.0.0.0", "::"):
             raise ConfigError("ParallelConfig.host must name one interface for tcp; "
                               "binding all interfaces is refused")

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -31,8 +32,13 @@ logger = logging.getLogger("actorexec.runtime.remote_ref")
 _monitor_ids = itertools.count()
 
 # What a lost connection means when nobody knows more.
-CONNECTION_LOST = ("lost: its connection closed (the process exited, or its host is "
-                   "unreachable)")
+CONNECTION_LOST = "its connection closed (the process exited, or its host is unreachable)"
+
+
+class DeathWatch(Protocol):
+    """Whatever tells a :class:`RemoteRef` that its actor is gone; stopped by ``close``."""
+
+    def close(self) -> None: ...
 
 
 class ConnectionWatch:
@@ -94,7 +100,13 @@ class RemoteRef(SocketRef):
         self._on_connection_lost = on_connection_lost
         super().__init__(transport, rank, on_death)
         self.disconnected = asyncio.Event()
-        self._watch = ConnectionWatch(transport.zmq_socket, self._lost)
+        self.lost_cause = CONNECTION_LOST  # completes "lost: ..." once the watch fires
+        self._watch = self._watch_connection()
+
+    def _watch_connection(self) -> DeathWatch:
+        """What calls :meth:`_lost` when the actor is gone (a subclass may watch otherwise);
+        it has a ``close()``."""
+        return ConnectionWatch(self.transport.zmq_socket, self._lost)
 
     @classmethod
     async def connect(cls, endpoint: str, rank: int, pid: int, node: str,
@@ -124,7 +136,7 @@ class RemoteRef(SocketRef):
             self._on_connection_lost(self)
             return
         reason = f": {self._fatal_reason}" if self._fatal_reason else ""
-        self.declare_dead(self.died(f"{CONNECTION_LOST}{reason}"))
+        self.declare_dead(self.died(f"lost: {self.lost_cause}{reason}"))
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Wait up to ``grace_s`` for the actor to close its end (after its shutdown call),

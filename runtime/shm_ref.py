@@ -26,7 +26,56 @@ from .transport.shm_channel import ShmCallerLink, ShmChannel
 _CODEC = EnvelopeCodec()
 
 
-class ShmProcessRef(ProcessRef):
+class ShmCalls:
+    """Calls over a :class:`ShmChannel`, for a ref that is ring slot ``slot`` of it (the
+    rank's index among the channel's ranks; for ``mp`` its rank). Shared by the refs of
+    spawned children and of Ray actors on this host; ``accepts_calls`` and ``expect``
+    come from the ref (SocketRef)."""
+
+    channel: ShmChannel
+    slot: int
+    _loop_methods: frozenset[str]  # the rest run on the work thread (lane 1)
+
+    def _join_channel(self, link: ShmCallerLink, loop_methods: frozenset[str]) -> None:
+        self.channel = link.channel
+        self.broadcast = link.channel
+        self.slot = link.rank
+        self._ids = link.channel.call_ids  # one numbering for the channel: ids never clash
+        self._loop_methods = loop_methods
+
+    def lane(self, method: str) -> int:
+        """Whom a call to ``method`` wakes: the rank's loop (0) or its work thread (1)."""
+        return 0 if method in self._loop_methods else 1
+
+    def submit(self, prepared: PreparedCall, deadline: float | None = None) -> Any:
+        call = Call(next(self._ids), prepared.method, deadline)
+        if self.accepts_calls:  # type: ignore[attr-defined]
+            self.channel.send([_CODEC.encode(call), *prepared.frames], 1 << self.slot,
+                              self.lane(prepared.method))
+        return self.expect(call.call_id, prepared, deadline)  # type: ignore[attr-defined]
+
+    def submit_group(self, refs: Sequence[ActorRef], prepared: PreparedCall,
+                     deadline: float | None = None) -> list[Any]:
+        """One write of ``prepared`` for every ref in ``refs`` that still accepts calls."""
+        group: list[Any] = list(refs)  # ShmCalls refs that share this channel
+        call = Call(next(self._ids), prepared.method, deadline)
+        ranks_mask = 0
+        for ref in group:
+            if ref.accepts_calls:
+                ranks_mask |= 1 << ref.slot
+        if ranks_mask:
+            self.channel.send([_CODEC.encode(call), *prepared.frames], ranks_mask,
+                              self.lane(prepared.method))
+        return [ref.expect(call.call_id, prepared, deadline) for ref in group]
+
+
+def loop_methods_of(actor_path: str) -> frozenset[str]:
+    """The exposed methods of ``actor_path`` that run on its loop (not its work thread)."""
+    methods = import_path(actor_path).rpc_methods
+    return frozenset(name for name, how in methods.items() if not how.thread)
+
+
+class ShmProcessRef(ShmCalls, ProcessRef):
     """One rank of a :class:`ShmChannel`, in its own spawned process."""
 
     transport: ShmCallerLink
@@ -35,22 +84,8 @@ class ShmProcessRef(ProcessRef):
                  on_death: DeathCallback | None = None,
                  loop_methods: frozenset[str] = frozenset()) -> None:
         super().__init__(process, link, rank, on_death)
-        self.channel = link.channel
-        self.broadcast = link.channel
-        self._ids = link.channel.call_ids  # one numbering for the channel: ids never clash
-        self._loop_methods = loop_methods  # the rest run on the work thread (lane 1)
+        self._join_channel(link, loop_methods)
         link.start(self._on_message)
-
-    def lane(self, method: str) -> int:
-        """Whom a call to ``method`` wakes: the rank's loop (0) or its work thread (1)."""
-        return 0 if method in self._loop_methods else 1
-
-    def submit(self, prepared: PreparedCall, deadline: float | None = None) -> Any:
-        call = Call(next(self._ids), prepared.method, deadline)
-        if self.accepts_calls:
-            self.channel.send([_CODEC.encode(call), *prepared.frames], 1 << self.rank,
-                              self.lane(prepared.method))
-        return self.expect(call.call_id, prepared, deadline)
 
     @classmethod
     async def spawn_on(cls, channel: ShmChannel, actor_path: str, init_kwargs: dict[str, Any],
@@ -63,22 +98,7 @@ class ShmProcessRef(ProcessRef):
         cleanup = ExitCleanup(shared_files=tuple(shared_files), directory=private_dir)
         process = new_child_process(actor_path, init_kwargs, rank, channel.endpoint(rank),
                                     "shm", use_uvloop, cleanup)
-        methods = import_path(actor_path).rpc_methods
-        loop_methods = frozenset(name for name, how in methods.items() if not how.thread)
+        loop_methods = loop_methods_of(actor_path)
         link = ShmCallerLink(channel, rank)
         process.start()
         return cls(process, link, rank, on_death, loop_methods)  # no await since start(): owned
-
-    def submit_group(self, refs: Sequence[ActorRef], prepared: PreparedCall,
-                     deadline: float | None = None) -> list[Any]:
-        """One write of ``prepared`` for every ref in ``refs`` that still accepts calls."""
-        group: list[ShmProcessRef] = list(refs)  # type: ignore[arg-type]  # share a channel
-        call = Call(next(self._ids), prepared.method, deadline)
-        ranks_mask = 0
-        for ref in group:
-            if ref.accepts_calls:
-                ranks_mask |= 1 << ref.rank
-        if ranks_mask:
-            self.channel.send([_CODEC.encode(call), *prepared.frames], ranks_mask,
-                              self.lane(prepared.method))
-        return [ref.expect(call.call_id, prepared, deadline) for ref in group]

@@ -4,15 +4,19 @@ As in vLLM's current Ray executor, Ray is used for placement and lifecycle
 only: a placement group of ``tp x pp`` bundles (one GPU each on CUDA, one CPU
 on the CPU), one Ray actor per rank (:class:`RayWorkerHost`) hosting
 actorexec's Worker actor, node IPs, and ending every process on shutdown.
-Steps never pass through Ray RPC: each rank's worker serves our typed
-ZeroMQ protocol on ``tcp://<its node's IP>:<port>``, and the executor drives
-it exactly as the ``mp`` backend drives a local process (``benchmarks/
-rpc_roundtrip.py`` measures both, and plain Ray actor calls).
+Steps never pass through Ray RPC. ``ParallelConfig.transport="shm"`` (the
+default): ranks on the driver's own Ray node are served on the ``mp``
+backend's shared-memory rings (one write per step for all of them; fds handed
+over by SCM_RIGHTS: ray_shm.py), ranks on other nodes serve our typed ZeroMQ
+protocol on ``tcp://<their node's IP>:<port>``; ``"tcp"``: every rank over tcp.
+The rank layout log names each rank's transport (``benchmarks/
+rpc_roundtrip_ray.py`` measures both, ``mp``, and plain Ray actor calls).
 
 Death of a rank is seen three ways, whichever comes first:
-- the connection (``RemoteRef``): a ZeroMQ monitor sees the TCP connection
-  break when the process dies (its kernel closes the socket), and ZMTP
-  heartbeats drop a host that falls silent;
+- the rank's own line: for a tcp rank the connection (``RemoteRef``: a ZeroMQ
+  monitor sees the TCP connection break when the process dies, and ZMTP
+  heartbeats drop a host that falls silent); for a shm rank a pidfd of its
+  process and the hand-off's lifeline socket (``ShmRemoteRef``);
 - Ray: each host has one ``wait_stopped`` call pending for its whole life;
   Ray fails it, with the cause, when the process or its node dies;
 - the host itself: it watches its raylet and stops the worker with an error
@@ -38,6 +42,7 @@ from actorexec.runtime import RemoteRef
 
 from .abstract import Executor
 from .ray_layout import RankPlacement, describe_layout, plan_ranks, split_tp_groups
+from .ray_shm import SameNodeRings, rank_transports
 from .ray_worker_host import RayWorkerHost
 
 logger = logging.getLogger("actorexec.executor.ray")
@@ -87,6 +92,7 @@ class RayDistributedExecutor(Executor):
         self._lost_timers: dict[int, asyncio.TimerHandle] = {}
         self._owns_ray = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rings: SameNodeRings | None = None  # the same-node ranks' shm, if any
 
     # -- start ---------------------------------------------------------------------
     async def _start_workers(self) -> None:
@@ -102,12 +108,15 @@ class RayDistributedExecutor(Executor):
         table = ray.util.placement_group_table(self._pg)
         bundle_nodes = [table["bundles_to_node_id"][b] for b in range(self.world_size)]
         tp, pp = p.tensor_parallel_size, p.pipeline_parallel_size
-        order = plan_ranks(bundle_nodes, tp, pp, ray.get_runtime_context().get_node_id())
+        driver_node = ray.get_runtime_context().get_node_id()
+        order = plan_ranks(bundle_nodes, tp, pp, driver_node)
         self._create_hosts(order, cuda)
         described = await asyncio.gather(*(self._get(h.describe.remote(), rank)
                                            for rank, h in enumerate(self._hosts)))
+        transports = rank_transports(p.transport, [node for _, node, _ in described],
+                                     driver_node)
         self.placements = [RankPlacement(rank, rank // tp, rank % tp, order[rank], node_id,
-                                         node_ip, pid)
+                                         node_ip, pid, transports[rank])
                            for rank, (node_ip, node_id, pid) in enumerate(described)]
         layout = describe_layout(self.placements, p.placement_strategy, tp)
         (logger.warning if split_tp_groups(self.placements, tp) else logger.info)("%s", layout)
@@ -116,20 +125,47 @@ class RayDistributedExecutor(Executor):
             port = await self._get(self._hosts[0].free_port.remote(), 0)
             ip = self.placements[0].node_ip
             init_method = f"tcp://{f'[{ip}]' if ':' in ip else ip}:{port}"
-        config = wire_config(self.config)
-        endpoints = await asyncio.gather(*(
-            self._get(host.start.remote(p.worker_cls, msgspec.msgpack.encode(
-                {"config": config, "rank": rank, "distributed_init_method": init_method}),
-                rank, p.zmq_backend), rank)
-            for rank, host in enumerate(self._hosts)))
+        endpoints = await self._start_hosts(init_method)
         for rank, endpoint in enumerate(endpoints):
             place = self.placements[rank]
+            kill = functools.partial(self._kill_host, rank)
+            if self._rings is not None and place.transport == "shm":
+                self.refs.append(self._rings.ref(rank, place.node_ip, p.worker_cls, kill,
+                                                 self._on_worker_death,
+                                                 self._on_connection_lost))
+                continue
             self.refs.append(await RemoteRef.connect(
-                endpoint, rank, place.pid, place.node_ip,
-                kill=functools.partial(self._kill_host, rank), backend=p.zmq_backend,
+                endpoint, rank, place.pid, place.node_ip, kill=kill, backend=p.zmq_backend,
                 heartbeat_s=HEARTBEAT_S, on_death=self._on_worker_death,
                 on_connection_lost=self._on_connection_lost))
         await asyncio.gather(*(ref.wait_ready(p.worker_start_timeout_s) for ref in self.refs))
+
+    async def _start_hosts(self, init_method: str | None) -> list[str]:
+        """Every host builds its worker and serves it; the same-node ones collect their rings
+        meanwhile. Returns each rank's endpoint."""
+        p = self.parallel_config
+        local = [place.rank for place in self.placements if place.transport == "shm"]
+        if local:
+            self._rings = SameNodeRings(local)  # recorded at once: shutdown frees it
+        config = wire_config(self.config)
+        starts = [self._get(host.start.remote(
+            p.worker_cls, msgspec.msgpack.encode(
+                {"config": config, "rank": rank, "distributed_init_method": init_method}),
+            rank, p.zmq_backend, **(self._rings.start_kwargs(rank) if rank in local else {})),
+            rank) for rank, host in enumerate(self._hosts)]
+        if self._rings is None:
+            return list(await asyncio.gather(*starts))
+        # Owned here: a host that fails to start cancels it, and it fails the start at once
+        # if a host never comes for its fds.
+        handout = asyncio.ensure_future(self._rings.hand_out(
+            {rank: self.placements[rank].pid for rank in local}, p.worker_start_timeout_s))
+        try:
+            *endpoints, _ = await asyncio.gather(*starts, handout)
+        finally:
+            if not handout.done():
+                handout.cancel()
+                handout.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return endpoints
 
     async def _connect(self) -> None:
         ray = self._ray
@@ -217,8 +253,7 @@ class RayDistributedExecutor(Executor):
             assert self._loop is not None
             self._lost_timers[ref.rank] = self._loop.call_later(
                 RAY_CAUSE_GRACE_S, self._declare, ref,
-                "lost: its connection closed (the process exited or its node went away; "
-                f"Ray gave no cause within {RAY_CAUSE_GRACE_S} s)")
+                f"lost: {ref.lost_cause}; Ray gave no cause within {RAY_CAUSE_GRACE_S} s")
 
     def _declare(self, ref: RemoteRef, cause: str) -> None:
         self._lost_timers.pop(ref.rank, None)
@@ -247,6 +282,8 @@ class RayDistributedExecutor(Executor):
                 timer.cancel()
             for ref in self.refs:
                 ref.close_now()
+            if self._rings is not None:
+                self._rings.close()
             self._release()
         await self._confirm_stopped()
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RankPlacement:
-    """Where one rank runs: its bundle in the placement group, node and process."""
+    """Where one rank runs: its bundle in the placement group, node and process, and how
+    the executor reaches it (``"shm"`` on the driver's node, else ``"tcp"``)."""
 
     rank: int
     stage: int
@@ -24,6 +25,7 @@ class RankPlacement:
     node_id: str
     node_ip: str
     pid: int = 0
+    transport: str = "tcp"
 
 
 def plan_ranks(bundle_nodes: Sequence[str], tp: int, pp: int,
@@ -59,12 +61,12 @@ def split_tp_groups(placements: Sequence[RankPlacement], tp: int) -> list[int]:
 
 
 def describe_layout(placements: Sequence[RankPlacement], strategy: str, tp: int) -> str:
-    """One line per stage: its ranks, node IPs (short node ids) and pids."""
+    """One line per stage: its ranks, node IPs (short node ids), pids and transports."""
     lines = [f"ray layout ({strategy}, {len(placements)} ranks, tp={tp}):"]
     for stage in sorted({p.stage for p in placements}):
         ranks = [p for p in placements if p.stage == stage]
-        where = ", ".join(f"rank {p.rank} on {p.node_ip} ({p.node_id[:8]}) pid {p.pid}"
-                          for p in ranks)
+        where = ", ".join(f"rank {p.rank} on {p.node_ip} ({p.node_id[:8]}) pid {p.pid} "
+                          f"over {p.transport}" for p in ranks)
         lines.append(f"  stage {stage}: {where}")
     split = split_tp_groups(placements, tp)
     if split:

@@ -41,6 +41,7 @@ def test_config_round_trips_through_msgpack_unchanged() -> None:
     lambda: ParallelConfig(pipeline_parallel_size=2, pipeline_layer_split=(4,)),
     lambda: ParallelConfig(transport="udp"),
     lambda: ParallelConfig(transport="tcp", host="0.0.0.0"),
+    lambda: ParallelConfig(distributed_executor_backend="ray", transport="ipc"),
     lambda: ParallelConfig(distributed_executor_backend=3),
     lambda: ParallelConfig(worker_cls="no_colon"),
     lambda: SchedulerConfig(max_num_seqs=0),

@@ -103,3 +103,27 @@ def tcp_listeners(pid: int) -> list[tuple[str, int]]:
                 ip = ".".join(str(int(ip_hex[i:i + 2], 16)) for i in (6, 4, 2, 0))
                 found.append((ip, int(port_hex, 16)))
     return found
+
+
+def memfds(pid: int) -> list[str]:
+    """Names of the actorexec shared-memory rings (memfds) that ``pid`` holds open, sorted
+    (once each: Python's mmap holds a second fd of every mapped ring)."""
+    names = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:actorexec-"):
+            names.add(target.removeprefix("/memfd:").removesuffix(" (deleted)"))
+    return sorted(names)
+
+
+def handoff_sockets() -> list[str]:
+    """Abstract unix socket names of shared-memory hand-offs listening on this host (an
+    accepted connection, a rank's lifeline, shows the same name: not listening)."""
+    listening = 0x10000  # __SO_ACCEPTCON in the Flags column
+    with open("/proc/net/unix") as f:
+        rows = [line.split() for line in list(f)[1:]]
+    return [row[-1] for row in rows
+            if row[-1].startswith("@actorexec-shm-") and int(row[3], 16) & listening]

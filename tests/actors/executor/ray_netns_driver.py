@@ -33,7 +33,7 @@ async def main(model: str, address: str) -> None:
                                                              ray_address=address))
     placements: list[list[object]] = []
     tokens = await engine_tokens(config, lambda ex: placements.extend(
-        [p.rank, p.stage, p.node_ip] for p in ex.placements))
+        [p.rank, p.stage, p.node_ip, p.transport] for p in ex.placements))
     print(json.dumps({"tokens": tokens, "placements": placements}), flush=True)
 
 

@@ -1,13 +1,16 @@
 """The executor contract on the ray backend, on a real two-node Ray cluster.
 
 The same suite as ``uni``/``mp`` (test_executor.py: call order, non_block,
-unique_reply_rank, deadlines, typed remote errors, allow-list) plus what Ray
-adds: ranks placed one per node and served on their node's IP; garbage
-frames on that socket; nothing left (process, actor, placement group) after
-shutdown, a cancelled create or a cancelled caller; a killed rank process and
-a removed node each fail every pending call within a second, naming rank,
-node and cause. One cluster for the whole module (the kill and node tests
-come last: they take a node down).
+unique_reply_rank, deadlines, typed remote errors, allow-list), on both
+transports: ``shm`` (the default: rank 0, on the driver's node, over the
+shared-memory rings; rank 1, on the other node, over tcp) and ``tcp`` (both
+over tcp). Plus what Ray adds: ranks placed one per node, a same-node rank
+really on the rings and the other served on its node's IP only; garbage
+frames on a tcp socket; nothing left (process, actor, placement group, ring,
+hand-off socket) after shutdown, a cancelled create or a cancelled caller; a
+killed rank process (on shm or tcp) and a removed node each fail every
+pending call within a second, naming rank, node and cause. One cluster for
+the whole module (the kill and node tests come last: they take a node down).
 """
 
 from __future__ import annotations
@@ -36,10 +39,17 @@ from actorexec.protocol import (
 )
 from actorexec.protocol.codec import EnvelopeCodec
 from actorexec.protocol.envelopes import Call, Result
+from actorexec.runtime import RemoteRef
+from actorexec.runtime.child import import_path
+from actorexec.runtime.shm_remote_ref import ShmRemoteRef
 
 from .ray_cluster import (
+    NODE_CPUS,
     alive_hosts,
+    handoff_sockets,
     live_placement_groups,
+    memfds,
+    ray,
     start_cluster,
     tcp_listeners,
     wait_nothing_left,
@@ -59,29 +69,49 @@ def ray_config(tp: int = 1, pp: int = 1, strategy: str = "STRICT_SPREAD", **para
     return make_config("ray", tp, pp, placement_strategy=strategy, **parallel)
 
 
-@pytest.fixture
-async def ray1(cluster):
-    async with await Executor.create(ray_config()) as ex:
-        yield ex
+@pytest.fixture(params=["shm", "tcp"])
+async def ray1(cluster, request):
+    """One rank, on the driver's node (the other node's CPUs are held meanwhile): over the
+    rings with ``shm``, over tcp with ``tcp``."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    driver_node = ray.get_runtime_context().get_node_id()
+    [other] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != driver_node]
+    # By its importable name: Ray's workers import it from there.
+    placeholder = import_path("tests.actors.executor.workers:Placeholder")
+    holder = ray.remote(placeholder).options(
+        num_cpus=NODE_CPUS, scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False)
+    ).remote()
+    try:
+        await holder.ready.remote()
+        async with await Executor.create(ray_config(transport=request.param)) as ex:
+            [place] = ex.placements
+            assert place.node_id == driver_node and place.transport == request.param
+            yield ex
+    finally:
+        ray.kill(holder)
     await wait_nothing_left([p.pid for p in ex.placements])
 
 
-@pytest.fixture
-async def ray2(cluster):
-    """Two ranks, one per node (STRICT_SPREAD)."""
-    async with await Executor.create(ray_config(tp=2)) as ex:
+@pytest.fixture(params=["shm", "tcp"])
+async def ray2(cluster, request):
+    """Two ranks, one per node (STRICT_SPREAD): rank 0 on the driver's node. With ``shm``
+    rank 0 is on the rings and rank 1 on tcp; with ``tcp`` both are on tcp."""
+    async with await Executor.create(ray_config(tp=2, transport=request.param)) as ex:
         yield ex
     await wait_nothing_left([p.pid for p in ex.placements])
 
 
 @pytest.mark.timeout(120)
-async def test_ranks_land_one_per_node_and_serve_on_their_node_ip_only(ray2, caplog):
+async def test_ranks_land_one_per_node_and_tcp_ranks_serve_on_their_node_ip_only(ray2):
     assert isinstance(ray2, RayDistributedExecutor)
     nodes = {p.node_id for p in ray2.placements}
     assert len(nodes) == 2, ray2.placements
     assert await ray2.collective_rpc("history") == [["init_device", "load_model"]] * 2
     assert await ray2.collective_rpc("whoami") == [[p.rank, p.pid] for p in ray2.placements]
     for place, ref in zip(ray2.placements, ray2.refs, strict=True):
+        if place.transport == "shm":
+            continue
         host, _, port = ref.transport.endpoint.removeprefix("tcp://").rpartition(":")
         assert host == place.node_ip
         # The worker's socket listens on the node's IP, never on all interfaces.
@@ -90,14 +120,37 @@ async def test_ranks_land_one_per_node_and_serve_on_their_node_ip_only(ray2, cap
 
 
 @pytest.mark.timeout(120)
-async def test_the_rank_layout_is_logged_and_a_tp_group_across_nodes_is_called_slow(cluster,
-                                                                                  caplog):
+async def test_a_rank_on_the_drivers_node_uses_the_shm_rings_and_one_elsewhere_tcp(ray2):
+    shm = ray2.parallel_config.transport == "shm"
+    driver_node = ray.get_runtime_context().get_node_id()
+    local, remote = ray2.placements
+    assert local.node_id == driver_node != remote.node_id
+    assert [p.transport for p in ray2.placements] == (["shm", "tcp"] if shm else ["tcp"] * 2)
+    # The executor's ref types say which path calls take ...
+    assert isinstance(ray2.refs[0], ShmRemoteRef) is shm
+    assert isinstance(ray2.refs[1], RemoteRef) and not isinstance(ray2.refs[1], ShmRemoteRef)
+    assert ray2.refs[1].transport.endpoint.startswith(f"tcp://{remote.node_ip}:")
+    # ... and the host processes hold the rings (memfds) only where shm is used: rank 0's
+    # host holds the call ring and its own reply ring; rank 1's none.
+    assert memfds(local.pid) == (["actorexec-calls", "actorexec-replies-0"] if shm else [])
+    assert memfds(remote.pid) == []
+    assert ray2.refs[0].transport.endpoint.startswith("shm://" if shm else "tcp://")
+    outs = await asyncio.gather(*(ray2.execute_model(step(i)) for i in range(50)))
+    assert [o.step_id for o in outs] == list(range(50))
+    assert handoff_sockets() == []  # the hand-off stopped listening once both had their fds
+
+
+@pytest.mark.timeout(120)
+async def test_the_rank_layout_names_each_ranks_transport_and_calls_a_split_tp_group_slow(
+        cluster, caplog):
     with caplog.at_level(logging.INFO, logger="actorexec.executor.ray"):
         async with await Executor.create(ray_config(tp=2)) as ex:
             pids = [p.pid for p in ex.placements]
     text = caplog.text
     assert "ray layout (STRICT_SPREAD, 2 ranks, tp=2)" in text
-    assert f"rank 1 on {ex.placements[1].node_ip} ({ex.placements[1].node_id[:8]})" in text
+    rank0, rank1 = ex.placements
+    assert f"rank 0 on {rank0.node_ip} ({rank0.node_id[:8]}) pid {rank0.pid} over shm" in text
+    assert f"rank 1 on {rank1.node_ip} ({rank1.node_id[:8]}) pid {rank1.pid} over tcp" in text
     assert "span nodes" in text
     await wait_nothing_left(pids)
 
@@ -147,27 +200,28 @@ async def test_a_call_past_its_deadline_raises_timeout_and_the_rank_keeps_servin
 
 
 @pytest.mark.timeout(120)
-async def test_remote_errors_arrive_typed_and_only_allow_listed_methods_run(ray1):
+async def test_remote_errors_arrive_typed_and_only_allow_listed_methods_run(ray2):
     with pytest.raises(ValueError, match="boom") as info:
-        await ray1.collective_rpc("fail", ("boom",))
+        await ray2.collective_rpc("fail", ("boom",))
     assert isinstance(info.value, RemoteError) and info.value.remote_type == "ValueError"
     assert "in fail" in info.value.remote_traceback
     for name in ("offload", "request_stop", "__init__", "log"):
         with pytest.raises(MethodNotAllowedError):
-            ray1.collective_rpc(name)
+            ray2.collective_rpc(name)
     with pytest.raises(TypeError):
-        ray1.collective_rpc("echo", (1, 2))
+        ray2.collective_rpc("echo", (1, 2))
     with pytest.raises(MethodNotAllowedError):  # no callables unless the config allows them
-        ray1.collective_rpc(record_pid, ("x",))
-    assert await ray1.collective_rpc("history") == [["init_device", "load_model"]]
+        ray2.collective_rpc(record_pid, ("x",))
+    assert await ray2.collective_rpc("history") == [["init_device", "load_model"]] * 2
 
 
 @pytest.mark.timeout(120)
-async def test_garbage_frames_on_a_workers_socket_get_typed_failures_and_run_nothing(ray1):
+async def test_garbage_frames_on_a_workers_socket_get_typed_failures_and_run_nothing(ray2):
+    """On rank 1's tcp socket (garbage in the rings: tests/runtime/test_shm_*)."""
     codec = EnvelopeCodec()
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(ray1.refs[0].transport.endpoint)
+    sock.connect(ray2.refs[1].transport.endpoint)
 
     async def exchange(*frames: bytes) -> object:
         await sock.send_multipart(list(frames))
@@ -185,8 +239,9 @@ async def test_garbage_frames_on_a_workers_socket_get_typed_failures_and_run_not
         assert isinstance(ok, Result) and ok.call_id == 9
     finally:
         sock.close()
-    assert await ray1.collective_rpc("history") == [["init_device", "load_model", 5]]
-    assert not ray1.is_failed
+    assert await ray2.collective_rpc("history") == [["init_device", "load_model"],
+                                                    ["init_device", "load_model", 5]]
+    assert not ray2.is_failed
 
 
 @pytest.mark.timeout(120)
@@ -196,6 +251,7 @@ async def test_shutdown_leaves_no_process_actor_or_placement_group(cluster):
         assert len(alive_hosts()) == 2 and len(live_placement_groups()) == 1
     # shutdown waited for Ray to confirm every actor gone
     assert alive_hosts() == [] and live_placement_groups() == []
+    assert memfds(os.getpid()) == [] and handoff_sockets() == []  # rings freed, none listens
     await wait_nothing_left(pids, timeout_s=5)
 
 
@@ -209,6 +265,7 @@ async def test_a_create_cancelled_midway_leaves_nothing(cluster):
     with pytest.raises(asyncio.CancelledError):
         await task
     await wait_nothing_left([])
+    assert memfds(os.getpid()) == [] and handoff_sockets() == []
 
 
 @pytest.mark.timeout(120)
@@ -242,14 +299,17 @@ def assert_names_rank_node_and_cause(error: BaseException, rank: int, node_ip: s
 
 
 @pytest.mark.timeout(120)
-async def test_killing_one_ranks_process_fails_every_pending_call_within_a_second(cluster):
+@pytest.mark.parametrize("victim_rank", [0, 1], ids=["shm-rank", "tcp-rank"])
+async def test_killing_one_ranks_process_fails_every_pending_call_within_a_second(cluster,
+                                                                                  victim_rank):
     async with await Executor.create(ray_config(tp=2)) as ex:
+        assert ex.placements[victim_rank].transport == ("shm", "tcp")[victim_rank]
         fired: list[int] = []
         ex.register_failure_callback(lambda: fired.append(1))
         pending = [ex.collective_rpc("slow", (30.0,)) for _ in range(3)]
         pending.append(ex.execute_model(step(1)))
         await asyncio.sleep(0.3)
-        victim = ex.placements[1]
+        victim = ex.placements[victim_rank]
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
         results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
@@ -258,17 +318,20 @@ async def test_killing_one_ranks_process_fails_every_pending_call_within_a_secon
         assert took < 1.0
         for error in results:
             assert isinstance(error, ActorDiedError), results
-            assert error.rank == 1 and error.pid == victim.pid and error.node == victim.node_ip
-            # Ray's cause (seen here ~10 ms after the kill), or the connection's if Ray
-            # had said nothing 0.25 s after the socket closed.
-            assert_names_rank_node_and_cause(error, 1, victim.node_ip,
-                                             "worker process has died", "connection closed")
+            assert error.rank == victim_rank and error.pid == victim.pid
+            assert error.node == victim.node_ip
+            # Ray's cause (seen here ~10 ms after the kill), or the rank's own line's (the
+            # tcp connection, the shm rank's pidfd) if Ray had said nothing 0.25 s later.
+            assert_names_rank_node_and_cause(error, victim_rank, victim.node_ip,
+                                             "worker process has died", "connection closed",
+                                             "process exited")
         await asyncio.sleep(0.2)
         assert fired == [1] and ex.is_failed
         with pytest.raises(ExecutorFailedError):
             ex.collective_rpc("echo", (1,))
         pids = [p.pid for p in ex.placements]
     await wait_nothing_left(pids)
+    assert memfds(os.getpid()) == [] and handoff_sockets() == []
 
 
 @pytest.mark.timeout(180)

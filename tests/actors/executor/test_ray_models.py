@@ -77,10 +77,13 @@ def tp_groups_on_one_node_and_stages_apart(executor) -> None:
 
 def spread_over_both_nodes(executor) -> None:
     assert len({p.node_id for p in executor.placements}) == 2, executor.placements
-    # Rank 0's worker socket and torch.distributed's store: on its node IP, nothing else.
-    rank0 = executor.placements[0]
-    listeners = tcp_listeners(rank0.pid)
-    assert len(listeners) >= 2 and all(ip == rank0.node_ip for ip, _ in listeners), listeners
+    # Rank 0 shares the driver's node: on the rings (no worker socket); rank 1 on tcp.
+    rank0, rank1 = executor.placements
+    assert (rank0.transport, rank1.transport) == ("shm", "tcp"), executor.placements
+    # torch.distributed's store (rank 0) and rank 1's worker socket: on their node IP only.
+    for place in executor.placements:
+        listeners = tcp_listeners(place.pid)
+        assert listeners and all(ip == place.node_ip for ip, _ in listeners), listeners
 
 
 @pytest.mark.timeout(300)

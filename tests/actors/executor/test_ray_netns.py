@@ -4,8 +4,9 @@ The test makes two namespaces joined by one veth pair (addresses of its own,
 10.213.<n>.1 and .2; no link to the host's network, so traffic flows only
 between them), starts a Ray head in the first and a Ray node in the second
 (``ray start``), and runs the driver inside the first. Each pipeline stage
-runs in its own namespace; steps cross the veth on our tcp transport and the
-activations on gloo. The tokens must equal the single-rank engine's.
+runs in its own namespace; steps reach the first on the shared-memory rings
+(it shares the driver's node) and cross the veth to the second on our tcp
+transport, and the activations cross on gloo. The tokens must equal the single-rank engine's.
 Skipped, with the reason, where namespaces cannot be made (no root, no ``ip``).
 """
 
@@ -125,7 +126,8 @@ def test_pp2_with_one_stage_per_network_namespace_gives_the_single_rank_tokens(
         assert driver.returncode == 0, driver.stderr[-4000:]
         [line] = [x for x in driver.stdout.splitlines() if x.startswith("{")]
         result = json.loads(line)
-        assert result["placements"] == [[0, 0, HEAD_IP], [1, 1, NODE_IP]]
+        # Rank 0 shares the driver's node: on the rings; rank 1 across the veth: tcp.
+        assert result["placements"] == [[0, 0, HEAD_IP, "shm"], [1, 1, NODE_IP, "tcp"]]
         assert result["tokens"] == want
     finally:
         for proc in (node, head):  # then the fixture ends whatever else runs in the namespaces

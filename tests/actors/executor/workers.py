@@ -168,3 +168,11 @@ class EchoWorker(Worker):
 def record_pid(worker: EchoWorker, tag: str) -> list[Any]:
     """A module-level function for the callable-RPC opt-in: runs as fn(worker, ...)."""
     return [tag, worker.rank]
+
+
+class Placeholder:
+    """A Ray actor that only holds a node's CPUs, so that a one-rank executor can only be
+    placed elsewhere (test_ray_executor.py)."""
+
+    def ready(self) -> None:
+        return None
