@@ -58,7 +58,7 @@ def _decode_partition_kernel(
     GROUP: tl.constexpr, G_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
-    SINGLE: tl.constexpr, IEEE_DOT: tl.constexpr, FENCE: tl.constexpr,
+    SINGLE: tl.constexpr, IEEE_DOT: tl.constexpr,
 ):
     req = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -120,25 +120,18 @@ def _decode_partition_kernel(
         tl.store(part_out_ptr + (base + part)[:, None] * HEAD_DIM + d[None, :], out,
                  mask=row_mask & wrote)
         tl.store(part_lse_ptr + base + part, m_i + tl.log2(l_i), mask=(g < GROUP) & wrote)
-        if FENCE:  # every thread's stores are visible GPU-wide before the count
-            _fence()
+        # As a grid-wide barrier does it: the block's threads meet, then one thread counts
+        # with release semantics at GPU scope (cumulative: it publishes the stores the
+        # barrier ordered before it); the last to count acquires them all, and the
+        # barrier after hands that on to every thread of its block.
         tl.debug_barrier()
         counter = done_ptr + req * tl.num_programs(1) + kv_head
         if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_partitions - 1:
             tl.store(counter, 0)  # every partition has counted: reset for the next call
-            if FENCE:
-                _fence()
             tl.debug_barrier()
             _merge_partitions(part_out_ptr, part_lse_ptr, out_ptr, base, heads, row_mask,
                               g < GROUP, d, (seq_len + part_len - 1) // part_len, req,
                               stride_or, stride_oh, stride_od, G_PAD, D_PAD, HEAD_DIM)
-
-
-@triton.jit
-def _fence():
-    # fence.acq_rel.gpu on every thread (Triton has no fence of its own).
-    tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -225,8 +218,7 @@ def decode_attention_triton(q: torch.Tensor, kv_cache: torch.Tensor, block_table
         *out.stride(),
         GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_SIZE=block_size, TILE=DECODE_TILE,
-        SINGLE=single, IEEE_DOT=q.dtype == torch.float32, FENCE=q.is_cuda,
-        num_warps=4, num_stages=2)
+        SINGLE=single, IEEE_DOT=q.dtype == torch.float32, num_warps=4, num_stages=2)
     return out
 
 

@@ -41,7 +41,7 @@ def main() -> None:
                 compile_kernel(decode._decode_partition_kernel, io, dict(
                     GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
                     HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_SIZE=16, TILE=decode.DECODE_TILE,
-                    SINGLE=single, IEEE_DOT=False, FENCE=True), num_warps=4, num_stages=2)
+                    SINGLE=single, IEEE_DOT=False), num_warps=4, num_stages=2)
             g_pad = triton.next_power_of_2(group)
             block_q = max(1, prefill.PREFILL_ROWS // g_pad)
             compile_kernel(prefill._prefill_kernel, io, dict(
