@@ -13,6 +13,11 @@ OUT="${OUT:-/tmp/actorexec-out}"; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
+# vLLM's queue for the rpc baseline: only the Python modules it imports, carried as a
+# folder (.whl/vllm_min/vllm); CPU platform, so importing it loads no CUDA platform.
+if [ -d .whl/vllm_min ]; then
+    export PYTHONPATH="$PYTHONPATH:$PWD/.whl/vllm_min" VLLM_TARGET_DEVICE=cpu
+fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
     --upgrade --target /tmp/site . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
