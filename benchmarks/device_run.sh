@@ -49,7 +49,8 @@ for part in $parts; do
             --out "$OUT/parallel_throughput.json" ${PARALLEL_ARGS:-}) \
             2>&1 | tee "$OUT/parallel_throughput.log" ;;
     rpc)
-        (cd benchmarks && timeout 600 python3 rpc_roundtrip.py --out "$OUT/rpc_roundtrip.json") \
+        (cd benchmarks && timeout "${RPC_TIMEOUT:-600}" python3 rpc_roundtrip.py \
+            --out "$OUT/rpc_roundtrip.json" ${RPC_ARGS:-}) \
             2>&1 | tee "$OUT/rpc_roundtrip.log" ;;
     profile)
         (cd benchmarks && python3 profile_step.py --out "$OUT/profile_step.json") 2>&1 \
