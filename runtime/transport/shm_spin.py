@@ -16,6 +16,7 @@ off; children inherit them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
@@ -28,14 +29,18 @@ _SAMPLES = 8
 
 def max_spin_s(ranks: int, caller: bool = False) -> float:
     """The longest short wait for a site of a channel of ``ranks`` ranks. By default 0
-    when this process may use fewer cores than there are waiters (each rank and the
-    executor), since a waiter that polls would then take the core its peer needs; the
+    only when this process may use a single core (a poller would then always hold the
+    core its peer needs). With fewer cores than waiters (2 ranks and the executor on 2
+    cores) polling still pays, because a poller yields the core (``sched_yield``) on
+    every turn and the windows adapt to zero when waits are long: measured on a 2-core
+    host, 2 ranks, 256-request steps back-to-back 427 -> 304 µs and every 5 ms 510 ->
+    418 µs, worker CPU at 5 ms gaps unchanged (``benchmarks/README.md``). The
     environment variable, when set, is taken as it is."""
     name, default = (("ACTOREXEC_SHM_CALLER_SPIN_US", CALLER_MAX_US) if caller
                      else ("ACTOREXEC_SHM_SPIN_US", WORKER_MAX_US))
     if name in os.environ:
         return float(os.environ[name]) / 1e6
-    if len(os.sched_getaffinity(0)) < ranks + 1:
+    if len(os.sched_getaffinity(0)) < 2:
         return 0.0
     return default / 1e6
 
@@ -82,14 +87,21 @@ def spin_on_thread(window_s: float, ready: Callable[[], bool]) -> bool:
 class LoopSpin:
     """Polls ``ready()`` once per loop iteration for up to a window, then calls
     ``on_ready()``; the loop keeps running its other work meanwhile (each turn is an
-    iteration with a zero-timeout select)."""
+    iteration with a zero-timeout select).
+
+    ``polling(flag)`` tells the ring's writers whether this site polls (so they may skip
+    its eventfd): set when a window starts; cleared, with a last look at the ring,
+    whenever polling ends (``shm_ring.py`` has the protocol)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ready: Callable[[], bool],
-                 on_ready: Callable[[], None], more: Callable[[], bool] | None = None) -> None:
+                 on_ready: Callable[[], None], more: Callable[[], bool] | None = None,
+                 polling: Callable[[bool], None] | None = None) -> None:
         self._loop = loop
         self._ready = ready
         self._on_ready = on_ready
         self._more = more  # keep polling after on_ready while this says so
+        self._polling = polling
+        self._active = False  # the polling flag is set
         self._deadline = 0.0
         self._handle: asyncio.Handle | None = None
 
@@ -98,19 +110,42 @@ class LoopSpin:
             return
         self._deadline = time.perf_counter() + window_s
         if self._handle is None:
+            if not self._active and self._polling is not None:
+                self._polling(True)
+                self._active = True
             self._handle = self._loop.call_soon(self._turn)
 
     def stop(self) -> None:
+        """Stops for good (no last look): the owner is closing."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._active:
+            self._active = False
+            with contextlib.suppress(ValueError):  # the ring already unmapped
+                self._polling(False)  # type: ignore[misc]
 
     def _turn(self) -> None:
         self._handle = None
         if self._ready():
             self._on_ready()
+            if self._handle is not None:  # on_ready started a new window
+                return
             if self._more is None or not self._more():
+                self._finish()
                 return
         if time.perf_counter() < self._deadline:
             os.sched_yield()  # whoever we wait for may need this core
             self._handle = self._loop.call_soon(self._turn)
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        """Polling ends: clear the flag (with a fence), then one last look, since a writer
+        that saw the flag set did not signal."""
+        if not self._active:
+            return
+        self._active = False
+        self._polling(False)  # type: ignore[misc]
+        if self._ready():
+            self._on_ready()
