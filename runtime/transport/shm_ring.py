@@ -108,7 +108,7 @@ def _align(n: int) -> int:
 
 
 def _body_prefix(frames: Sequence[Any]) -> tuple[bytes, int]:
-    lengths = [memoryview(f).nbytes for f in frames]
+    lengths = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
     prefix = struct.pack(f"<I{len(lengths)}I", len(lengths), *lengths)
     return prefix, len(prefix) + sum(lengths)
 
@@ -177,6 +177,9 @@ class RingWriter:
     def __init__(self, ring: ShmRing) -> None:
         self.ring = ring
         self._seq = 0
+        # Write positions below this are free as of the last look at the readers' positions
+        # (which only grow, so an old look is never too generous): most writes skip the look.
+        self._limit = 0
 
     def message_records(self, frames: Sequence[Any],
                         lane: int = 0) -> list[tuple[list[Any], int, int]]:
@@ -207,8 +210,10 @@ class RingWriter:
         offset = pos % ring.capacity
         to_end = ring.capacity - offset
         need = size if size <= to_end else to_end + size
-        if need > ring.free_bytes():
-            return False
+        if pos + need > self._limit:
+            self._limit = pos + ring.free_bytes()
+            if pos + need > self._limit:
+                return False
         data = ring.data
         if size > to_end:  # leave a WRAP record in the tail and start at 0
             self._seq += 1
@@ -219,11 +224,15 @@ class RingWriter:
         _RECORD.pack_into(data, offset, body, KIND_MESSAGE, flags, self._seq, targets)
         at = offset + _RECORD.size
         for part in parts:
-            view = memoryview(part)
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
-            n = view.nbytes
-            data[at:at + n] = view
+            if type(part) is bytes:  # most frames (encoded payloads): no view needed
+                n = len(part)
+                data[at:at + n] = part
+            else:
+                view = memoryview(part)
+                if view.format != "B" or view.ndim != 1:
+                    view = view.cast("B")
+                n = view.nbytes
+                data[at:at + n] = view
             at += n
         fence()  # the record's bytes before the position that publishes them
         ring.words[_W_WRITE] = pos + size
