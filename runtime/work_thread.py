@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .transport.shm_fds import drain, new_eventfd, signal
-from .transport.shm_spin import AdaptiveSpin, spin_on_thread
+from .transport.shm_spin import BACKSTOP_S, AdaptiveSpin, spin_on_thread
 
 logger = logging.getLogger("actorexec.runtime.actor")
 
@@ -43,6 +43,7 @@ class WorkThread:
         self._watch: _Watch | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._backstop_ms: float | None = None  # the next sleep's limit, after polling
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` (it must not raise: exceptions are logged and dropped)."""
@@ -117,7 +118,11 @@ class WorkThread:
                 spin = None if watch is None else watch.spin
                 if spin is not None and self._spun(watch):  # type: ignore[arg-type]
                     continue
-                ready = poller.poll()  # sleeps with the GIL released
+                ready = poller.poll(self._backstop_ms)  # sleeps with the GIL released
+                if not ready and self._backstop_ms is not None:
+                    self._backstop_ms = None  # one look (shm_spin.BACKSTOP_S), then sleep
+                    if not (self._jobs or watch.waiting()):  # type: ignore[union-attr]
+                        ready = poller.poll()
                 if spin is not None:
                     spin.arrived()
                 for fd, _ in ready:
@@ -145,6 +150,7 @@ class WorkThread:
             came = spin_on_thread(window, work)
             watch.polling(False)  # fences: then the last look, before sleeping
             came = came or work()
+            self._backstop_ms = None if came else BACKSTOP_S * 1000
         if came:
             spin.arrived()
         return came

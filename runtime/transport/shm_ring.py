@@ -40,6 +40,12 @@ looks at the ring again and again, so nothing published then is missed
 either. A cleared flag (memory starts zeroed; a reader that is not polling)
 means "signal me", so a reader that never polls behaves as before. Clearing
 is conservative: a spurious signal costs one wake-up, never a lost message.
+The full fence is ``fence()``: on x86 a lock's acquire is a locked
+instruction, which orders a store before a later load (plain x86 ordering
+does not). Where a processor might order it more weakly, each reader takes
+one more look at the ring a little after a polling window ends
+(``shm_spin.BACKSTOP_S``): a wake-up lost there costs milliseconds, never a
+hang.
 
 Readers check every header (kind, flags, bounds, consecutive sequence
 numbers, frame lengths) before using it: a ring whose framing does not hold is

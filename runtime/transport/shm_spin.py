@@ -23,6 +23,10 @@ from collections import deque
 from collections.abc import Callable
 
 WORKER_MAX_US = 400.0
+# After a polling window ends without a message, one more look this much later: a backstop
+# should a processor order the flag protocol's store and load more weakly than x86 does
+# (``shm_ring.py``); costs one timer per window, none while idle.
+BACKSTOP_S = 0.01
 CALLER_MAX_US = 1000.0  # a caller waits for a whole round trip: its window may be longer
 _SAMPLES = 8
 
@@ -104,10 +108,12 @@ class LoopSpin:
         self._active = False  # the polling flag is set
         self._deadline = 0.0
         self._handle: asyncio.Handle | None = None
+        self._backstop: asyncio.TimerHandle | None = None
 
     def start(self, window_s: float) -> None:
         if window_s <= 0:
             return
+        self._cancel_backstop()
         self._deadline = time.perf_counter() + window_s
         if self._handle is None:
             if not self._active and self._polling is not None:
@@ -120,6 +126,7 @@ class LoopSpin:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._cancel_backstop()
         if self._active:
             self._active = False
             with contextlib.suppress(ValueError):  # the ring already unmapped
@@ -149,3 +156,15 @@ class LoopSpin:
         self._polling(False)  # type: ignore[misc]
         if self._ready():
             self._on_ready()
+        elif self._handle is None:
+            self._backstop = self._loop.call_later(BACKSTOP_S, self._look_again)
+
+    def _look_again(self) -> None:
+        self._backstop = None
+        if self._ready():
+            self._on_ready()
+
+    def _cancel_backstop(self) -> None:
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None

@@ -8,13 +8,16 @@ import asyncio
 import os
 import random
 import select
+import threading
 import time
 
 import pytest
 
+from actorexec.runtime import work_thread
+from actorexec.runtime.transport import shm_spin
 from actorexec.runtime.transport.shm_fds import MappedRing, close_fds, drain, new_eventfd
 from actorexec.runtime.transport.shm_link import RingReceiver, RingSender
-from actorexec.runtime.transport.shm_ring import RingReader
+from actorexec.runtime.transport.shm_ring import RingReader, RingWriter
 from actorexec.runtime.transport.shm_spin import AdaptiveSpin
 from actorexec.runtime.work_thread import WorkThread
 
@@ -71,7 +74,15 @@ async def _until(condition, timeout_s: float = 1.0) -> bool:
     return condition()
 
 
-async def test_a_message_published_as_the_loop_stops_polling_is_read_by_its_last_look():
+@pytest.fixture
+def no_backstop(monkeypatch):
+    """The backstop look far away: what is read in time was read by the last look."""
+    monkeypatch.setattr(shm_spin, "BACKSTOP_S", 60.0)
+    monkeypatch.setattr(work_thread, "BACKSTOP_S", 60.0)
+
+
+async def test_a_message_published_as_the_loop_stops_polling_is_read_by_its_last_look(
+        no_backstop):
     """The writer publishes exactly between the reader's last poll and its clearing the flag,
     so it sees the flag set and does not signal: only the reader's last look finds it."""
     mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
@@ -99,7 +110,7 @@ async def test_a_message_published_as_the_loop_stops_polling_is_read_by_its_last
         close_fds(wake, space)
 
 
-async def test_a_message_published_as_the_work_thread_stops_polling_is_taken():
+async def test_a_message_published_as_the_work_thread_stops_polling_is_taken(no_backstop):
     mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
     wake, space = new_eventfd(), new_eventfd()
     sender = RingSender(mapped.ring, [[wake]], space, asyncio.get_running_loop(), "test ring")
@@ -135,6 +146,76 @@ async def test_a_message_published_as_the_work_thread_stops_polling_is_taken():
         sender.close()
         mapped.close()
         close_fds(wake, space)
+
+
+def _write_unsignalled(writer: RingWriter, frame: bytes) -> None:
+    """What a lost wake-up leaves: a record published, no eventfd signalled."""
+    ((parts, body, flags),) = writer.message_records([frame])
+    assert writer.try_write(parts, body, flags, 1)
+
+
+async def test_a_wake_up_lost_after_the_loop_polled_is_found_by_the_backstop(monkeypatch):
+    """Should a processor reorder the flag protocol (not x86), a record can be missed by
+    the last look and not signalled: one more look a little later still finds it."""
+    monkeypatch.setattr(shm_spin, "BACKSTOP_S", 0.3)
+    mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
+    wake, space = new_eventfd(), new_eventfd()
+    loop = asyncio.get_running_loop()
+    receiver = RingReceiver(mapped.ring, 0, wake, space, loop, "test ring", FixedSpin(0.002))
+    writer = RingWriter(mapped.ring)
+    got: list[bytes] = []
+    set_polling = receiver.set_polling
+
+    def miss_after_the_last_look(lane: int, polling: bool) -> None:
+        set_polling(lane, polling)
+        if not polling and not got:  # runs right after the last look
+            loop.call_soon(_write_unsignalled, writer, b"missed")
+
+    receiver.set_polling = miss_after_the_last_look  # type: ignore[method-assign]
+    try:
+        receiver.start(lambda frames: got.append(bytes(frames[0])))
+        assert await _until(lambda: got == [b"missed"], timeout_s=5.0)
+    finally:
+        receiver.close()
+        mapped.close()
+        close_fds(wake, space)
+
+
+async def test_a_wake_up_lost_after_the_work_thread_polled_is_found_by_the_backstop(
+        monkeypatch):
+    monkeypatch.setattr(work_thread, "BACKSTOP_S", 0.3)
+    mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
+    wake = new_eventfd()
+    reader = RingReader(mapped.ring, 0)
+    writer = RingWriter(mapped.ring)
+    got: list[bytes] = []
+    ends = []
+
+    def poll_once() -> bool:
+        frames = reader.next_message()
+        if frames is None:
+            return False
+        got.append(bytes(frames[0]))
+        frames[0].release()
+        reader.release()
+        return True
+
+    def miss_after_polling(polling: bool) -> None:
+        reader.set_polling(0, polling)
+        if not polling:
+            ends.append(1)
+            if len(ends) == 2:  # the thread is about to sleep with the backstop armed
+                threading.Timer(0.05, _write_unsignalled, (writer, b"missed")).start()
+
+    thread = WorkThread("test work thread")
+    try:
+        thread.watch(wake, poll_once, reader.pending, FixedSpin(0.002), miss_after_polling)
+        assert await _until(lambda: got == [b"missed"], timeout_s=5.0)
+    finally:
+        thread.close()
+        await asyncio.sleep(0.05)
+        mapped.close()
+        close_fds(wake)
 
 
 def _ping_writer(mapped: MappedRing, wake: int, space: int, ack: int, seed: int) -> int:
