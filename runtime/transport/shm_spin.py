@@ -56,6 +56,7 @@ class AdaptiveSpin:
         self.max_s = max_s
         self._waits: deque[float] = deque(maxlen=_SAMPLES)
         self._since: float | None = None
+        self._window = 0.0  # from the waits so far (computed as each arrives, not per ask)
 
     def waiting(self) -> None:
         """A wait begins (a reply just left, or a call was just sent)."""
@@ -66,9 +67,13 @@ class AdaptiveSpin:
         if self._since is not None:
             self._waits.append(time.perf_counter() - self._since)
             self._since = None
+            self._window = self._new_window()
 
     def window(self) -> float:
         """Seconds to poll before sleeping: 0 unless recent waits were short."""
+        return self._window
+
+    def _new_window(self) -> float:
         if self.max_s <= 0 or len(self._waits) < 3:
             return 0.0
         typical = sorted(self._waits)[len(self._waits) // 2]
@@ -139,13 +144,22 @@ class LoopSpin:
             if self._handle is not None:  # on_ready started a new window
                 return
             if self._more is None or not self._more():
-                self._finish()
+                # Whatever on_ready woke (the caller's coroutine) runs first, and may send
+                # the next call, which keeps us polling: ending costs nothing then.
+                self._handle = self._loop.call_soon(self._wind_down)
                 return
         if time.perf_counter() < self._deadline:
             os.sched_yield()  # whoever we wait for may need this core
             self._handle = self._loop.call_soon(self._turn)
             return
         self._finish()
+
+    def _wind_down(self) -> None:
+        self._handle = None
+        if self._more is not None and self._more() and time.perf_counter() < self._deadline:
+            self._turn()
+        else:
+            self._finish()
 
     def _finish(self) -> None:
         """Polling ends: clear the flag (with a fence), then one last look, since a writer

@@ -33,10 +33,10 @@ class FixedSpin(AdaptiveSpin):
 
     def __init__(self, window_s: float) -> None:
         super().__init__(window_s)
-        self._window = window_s
+        self.fixed_window = window_s
 
     def window(self) -> float:
-        return self._window
+        return self.fixed_window
 
 
 def _readable(fd: int) -> bool:
