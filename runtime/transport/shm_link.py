@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .shm_fds import drain, signal
-from .shm_ring import RingReader, RingWriter, ShmRing, fence
+from .shm_ring import MAX_LANES, RingReader, RingWriter, ShmRing, fence
 from .shm_spin import AdaptiveSpin, LoopSpin
 
 logger = logging.getLogger("actorexec.runtime.transport")
@@ -51,6 +51,8 @@ class RingSender:
     def __init__(self, ring: ShmRing, wake_fds: Sequence[Sequence[int]], space_fd: int,
                  loop: asyncio.AbstractEventLoop, name: str,
                  max_queued: int | None = None) -> None:
+        if any(not 1 <= len(fds) <= MAX_LANES for fds in wake_fds):
+            raise ValueError(f"a reader has 1..{MAX_LANES} wake-up lanes")
         self._ring = ring
         self._writer = RingWriter(ring)
         self._wake_fds = [list(fds) for fds in wake_fds]  # per reader: an eventfd per lane

@@ -76,7 +76,7 @@ _W_WRITE = 8  # word index of line 1
 _W_WAITING = 16  # line 2
 _W_READ0 = 24  # line 3; reader i at _W_READ0 + 8 * i
 _W_POLLING = 1  # reader i's polling flag of lane l at _W_READ0 + 8 * i + _W_POLLING + l
-MAX_LANES = 2
+MAX_LANES = 2  # polling flags per reader (its loop and its work thread)
 
 _RECORD = struct.Struct("<IHHQQ")  # body length, kind, flags, sequence, targets
 _U32 = struct.Struct("<I")

@@ -37,9 +37,9 @@ def max_spin_s(ranks: int, caller: bool = False) -> float:
     core its peer needs). With fewer cores than waiters (2 ranks and the executor on 2
     cores) polling still pays, because a poller yields the core (``sched_yield``) on
     every turn and the windows adapt to zero when waits are long: measured on a 2-core
-    host, 2 ranks, 256-request steps back-to-back 427 -> 304 µs and every 5 ms 510 ->
-    418 µs, worker CPU at 5 ms gaps unchanged (``benchmarks/README.md``). The
-    environment variable, when set, is taken as it is."""
+    host, 2 ranks (with the polling flag), 256-request steps back-to-back 337 -> 288 µs,
+    every 5 ms 622 -> 434 µs, worker CPU at 5 ms gaps 4.8 -> 3.9%
+    (``benchmarks/README.md``). The environment variable, when set, is taken as it is."""
     name, default = (("ACTOREXEC_SHM_CALLER_SPIN_US", CALLER_MAX_US) if caller
                      else ("ACTOREXEC_SHM_SPIN_US", WORKER_MAX_US))
     if name in os.environ:

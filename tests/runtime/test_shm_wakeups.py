@@ -218,6 +218,17 @@ async def test_a_wake_up_lost_after_the_work_thread_polled_is_found_by_the_backs
         close_fds(wake)
 
 
+async def test_a_reader_has_at_most_as_many_lanes_as_its_line_has_polling_flags():
+    mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
+    fds = [new_eventfd() for _ in range(4)]
+    try:
+        with pytest.raises(ValueError, match="wake-up lanes"):
+            RingSender(mapped.ring, [fds[:3]], fds[3], asyncio.get_running_loop(), "test ring")
+    finally:
+        mapped.close()
+        close_fds(*fds)
+
+
 def _ping_writer(mapped: MappedRing, wake: int, space: int, ack: int, seed: int) -> int:
     """In a forked child: send MESSAGES messages, each after a random pause, each only once
     the reader acknowledged the previous one; 3 if an acknowledgement never comes."""
