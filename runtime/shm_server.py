@@ -59,7 +59,8 @@ class ShmActorServer(ActorServer):
         receiver = self.transport.receiver
         self.actor.work_thread().watch(self.transport.thread_wake_fd, self._poll_on_thread,
                                        lambda: receiver.next_lane() in (1, -1),
-                                       AdaptiveSpin(max_spin_s(self.transport.ranks)))
+                                       AdaptiveSpin(max_spin_s(self.transport.ranks)),
+                                       lambda on: receiver.set_polling(1, on))
         await self.transport.wait_failure()  # raises why the call ring stopped
 
     def _on_message(self, frames: list[memoryview]) -> None:

@@ -21,10 +21,10 @@ import select
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .transport.shm_fds import drain, new_eventfd, signal
-from .transport.shm_spin import AdaptiveSpin, spin_on_thread
+from .transport.shm_spin import BACKSTOP_S, AdaptiveSpin, spin_on_thread
 
 logger = logging.getLogger("actorexec.runtime.actor")
 
@@ -40,9 +40,10 @@ class WorkThread:
         self._name = name
         self._jobs: deque[Job] = deque()
         self._wake = new_eventfd()
-        self._watch: tuple[int, PollOnce, Callable[[], bool], AdaptiveSpin | None] | None = None
+        self._watch: _Watch | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._backstop_ms: float | None = None  # the next sleep's limit, after polling
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` (it must not raise: exceptions are logged and dropped)."""
@@ -53,14 +54,17 @@ class WorkThread:
         signal(self._wake)
 
     def watch(self, fd: int, poll_once: PollOnce, waiting: Callable[[], bool],
-              spin: AdaptiveSpin | None = None) -> None:
+              spin: AdaptiveSpin | None = None,
+              polling: Callable[[bool], None] | None = None) -> None:
         """Between jobs, call ``poll_once`` whenever ``fd`` (an eventfd) is readable, and
         again while it returns True. Jobs always run first: ``poll_once`` must not take
         work that was submitted before it (:meth:`has_jobs`). With ``spin``, an idle
-        thread first polls ``waiting()`` for the spin's window before it sleeps."""
+        thread first polls ``waiting()`` for the spin's window before it sleeps, and
+        ``polling(True)`` / ``polling(False)`` (which must fence) bracket that window so
+        the source's writer may skip signalling ``fd`` meanwhile."""
         if self._closed:
             raise RuntimeError(f"{self._name} is closed")
-        self._watch = (fd, poll_once, waiting, spin)
+        self._watch = _Watch(fd, poll_once, waiting, spin, polling)
         self._start()
         signal(self._wake)
 
@@ -106,15 +110,19 @@ class WorkThread:
                 while self._jobs and not self._closed:
                     self._call(self._jobs.popleft())
                 watch = self._watch
-                if watch is not None and watch[0] != watched:
-                    poller.register(watch[0], select.POLLIN)
-                    watched = watch[0]
-                if watch is not None and not self._closed and self._call(watch[1]):
+                if watch is not None and watch.fd != watched:
+                    poller.register(watch.fd, select.POLLIN)
+                    watched = watch.fd
+                if watch is not None and not self._closed and self._call(watch.poll_once):
                     continue  # it took something: jobs first, then look again
-                spin = None if watch is None else watch[3]
-                if spin is not None and self._spun(spin, watch[2], watch[0]):  # type: ignore[index]
+                spin = None if watch is None else watch.spin
+                if spin is not None and self._spun(watch):  # type: ignore[arg-type]
                     continue
-                ready = poller.poll()  # sleeps with the GIL released
+                ready = poller.poll(self._backstop_ms)  # sleeps with the GIL released
+                if not ready and self._backstop_ms is not None:
+                    self._backstop_ms = None  # one look (shm_spin.BACKSTOP_S), then sleep
+                    if not (self._jobs or watch.waiting()):  # type: ignore[union-attr]
+                        ready = poller.poll()
                 if spin is not None:
                     spin.arrived()
                 for fd, _ in ready:
@@ -122,15 +130,30 @@ class WorkThread:
         finally:
             os.close(self._wake)
 
-    def _spun(self, spin: AdaptiveSpin, waiting: Callable[[], bool], fd: int) -> bool:
-        """The short wait before sleeping; True if work came meanwhile."""
+    def _spun(self, watch: _Watch) -> bool:
+        """The short wait before sleeping; True if work came meanwhile. The eventfds are
+        not reset: one signalled meanwhile only makes the next sleep return at once."""
+        spin = watch.spin
+        assert spin is not None
         spin.waiting()
-        if not spin_on_thread(spin.window(), lambda: bool(self._jobs) or waiting()):
+        window = spin.window()
+        if window <= 0:
             return False
-        spin.arrived()
-        drain(self._wake)  # signalled for what came: not a reason to wake later
-        drain(fd)
-        return True
+
+        def work() -> bool:
+            return bool(self._jobs) or watch.waiting()
+
+        if watch.polling is None:
+            came = spin_on_thread(window, work)
+        else:
+            watch.polling(True)
+            came = spin_on_thread(window, work)
+            watch.polling(False)  # fences: then the last look, before sleeping
+            came = came or work()
+            self._backstop_ms = None if came else BACKSTOP_S * 1000
+        if came:
+            spin.arrived()
+        return came
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -138,6 +161,14 @@ class WorkThread:
         except BaseException:  # a job's own errors are its business; never kill the thread
             logger.exception("%s: a job raised", self._name)
             return False
+
+
+class _Watch(NamedTuple):
+    fd: int
+    poll_once: PollOnce
+    waiting: Callable[[], bool]
+    spin: AdaptiveSpin | None
+    polling: Callable[[bool], None] | None
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

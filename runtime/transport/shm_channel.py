@@ -120,7 +120,8 @@ class ShmChannel:
             self._sender = RingSender(self.call_ring.ring, self.call_wake, self.call_space,
                                       loop, "call ring")
             self._loop_spin = LoopSpin(loop, self._replies_waiting, self._take_replies,
-                                       more=lambda: self._outstanding > 0)
+                                       more=lambda: self._outstanding > 0,
+                                       polling=self._set_polling)
         self._sender.send(frames, ranks_mask, lane)
         if self._outstanding == 0:
             self._spin.waiting()
@@ -147,6 +148,10 @@ class ShmChannel:
 
     def _replies_waiting(self) -> bool:
         return any(receiver.pending() for receiver in self._receivers.values())
+
+    def _set_polling(self, polling: bool) -> None:
+        for receiver in self._receivers.values():
+            receiver.set_polling(0, polling)
 
     def _take_replies(self) -> None:
         for receiver in list(self._receivers.values()):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .shm_fds import drain, signal
-from .shm_ring import RingReader, RingWriter, ShmRing
+from .shm_ring import MAX_LANES, RingReader, RingWriter, ShmRing, fence
 from .shm_spin import AdaptiveSpin, LoopSpin
 
 logger = logging.getLogger("actorexec.runtime.transport")
@@ -51,6 +51,8 @@ class RingSender:
     def __init__(self, ring: ShmRing, wake_fds: Sequence[Sequence[int]], space_fd: int,
                  loop: asyncio.AbstractEventLoop, name: str,
                  max_queued: int | None = None) -> None:
+        if any(not 1 <= len(fds) <= MAX_LANES for fds in wake_fds):
+            raise ValueError(f"a reader has 1..{MAX_LANES} wake-up lanes")
         self._ring = ring
         self._writer = RingWriter(ring)
         self._wake_fds = [list(fds) for fds in wake_fds]  # per reader: an eventfd per lane
@@ -118,7 +120,7 @@ class RingSender:
         self._ring.set_writer_waiting(True)
         self._loop.add_reader(self._space_fd, self._on_space)
         with self._lock:  # readers not addressed lately may hold the space: let them skip
-            self._wake((1 << self._ring.readers) - 1, 0)
+            self._wake((1 << self._ring.readers) - 1, 0, always=True)
         self._on_space()
 
     def _on_space(self) -> None:
@@ -161,10 +163,16 @@ class RingSender:
             self._backstop = None
 
     # -- helpers ----------------------------------------------------------------
-    def _wake(self, targets: int, lane: int) -> None:
+    def _wake(self, targets: int, lane: int, always: bool = False) -> None:
+        """Signals lane ``lane`` of each target reader, unless it is polling the ring (the
+        flag protocol in ``shm_ring.py``: the position was published before this fence)."""
+        fence()
+        ring = self._ring
         for index, fds in enumerate(self._wake_fds):
             if targets >> index & 1:
-                signal(fds[min(lane, len(fds) - 1)])
+                fd_lane = min(lane, len(fds) - 1)
+                if always or not ring.reader_polling(index, fd_lane):
+                    signal(fds[fd_lane])
 
     def _drop(self) -> None:
         self._dropped += 1
@@ -196,7 +204,8 @@ class RingReceiver:
         self._kept: deque[list[Any]] = deque()  # read by the other thread, for the loop
         # The loop's short wait for its next message (lane 0: not one the other thread takes).
         self._spin = spin
-        self._loop_spin = LoopSpin(loop, self._loop_message_waits, self._on_wake)
+        self._loop_spin = LoopSpin(loop, self._loop_message_waits, self._on_spin_ready,
+                                   polling=lambda on: self.set_polling(0, on))
         self._failure: asyncio.Future[None] = loop.create_future()
         self._failure.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -220,8 +229,17 @@ class RingReceiver:
         if not self._failure.done():
             self._failure.set_exception(why or LinkClosed(f"{self._name} is closed"))
 
+    def set_polling(self, lane: int, polling: bool) -> None:
+        """Tells the writer whether this reader polls for ``lane`` (see ``shm_ring.py``)."""
+        self._reader.set_polling(lane, polling)
+
     def _on_wake(self) -> None:
         drain(self._wake_fd)
+        self._on_spin_ready()
+
+    def _on_spin_ready(self) -> None:
+        """Found by polling: no eventfd to reset (if one was signalled meanwhile, the loop
+        calls ``_on_wake`` for it, which finds nothing more)."""
         spin = self._spin
         if spin is None:
             self.drain()
@@ -297,6 +315,8 @@ class RingReceiver:
 
     def _done_with(self, frames: list[memoryview]) -> None:
         for frame in frames:  # a view kept past this point is a bug: make it loud
-            with contextlib.suppress(BufferError):
+            try:  # (try, not contextlib.suppress: this runs for every frame of every message)
                 frame.release()
+            except BufferError:
+                pass
         self._reader.release()

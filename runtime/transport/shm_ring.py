@@ -10,7 +10,8 @@ that writer and readers never share a cache line they both write::
     line 0       magic, version, capacity, number of readers
     line 1       write position (bytes ever written; only the writer stores it)
     line 2       "writer waits for space" flag
-    line 3 + i   read position of reader i (only reader i stores it)
+    line 3 + i   reader i's line (only reader i stores it): its read position, then
+                 a "polling" flag per lane (see below)
     then         ``capacity`` bytes of records
 
 A record starts on a 64-byte boundary: a 24-byte header (body length u32,
@@ -23,6 +24,28 @@ LANE1 marks a message whose readers' work threads were woken for it. A
 message body is ``u32 frame count, u32 length per frame``, then the frames
 back to back; readers get ``memoryview``s of the frames in
 the ring itself, valid until they release the record.
+
+Skipped wake-ups: a reader that is polling the ring (its short wait) sets its
+lane's polling flag, and the writer, after publishing, signals only lanes
+whose flag is clear, saving the eventfd write and the reader's read, and on a
+machine with few cores the writer's being descheduled for the woken reader.
+The flag is the classic futex protocol (Dekker's two flags): the writer
+stores the write position, fences, then loads the flag; the reader, before
+it stops polling (to sleep, or to do anything else), clears the flag,
+fences, then loads the write position once more. With a full fence between
+each side's store and its load, the two loads cannot both miss the other
+side's store: either the writer sees the flag clear and signals, or the
+reader sees the record in its last look. While the flag is set the reader
+looks at the ring again and again, so nothing published then is missed
+either. A cleared flag (memory starts zeroed; a reader that is not polling)
+means "signal me", so a reader that never polls behaves as before. Clearing
+is conservative: a spurious signal costs one wake-up, never a lost message.
+The full fence is ``fence()``: on x86 a lock's acquire is a locked
+instruction, which orders a store before a later load (plain x86 ordering
+does not). Where a processor might order it more weakly, each reader takes
+one more look at the ring a little after a polling window ends
+(``shm_spin.BACKSTOP_S``): a wake-up lost there costs milliseconds, never a
+hang.
 
 Readers check every header (kind, flags, bounds, consecutive sequence
 numbers, frame lengths) before using it: a ring whose framing does not hold is
@@ -47,11 +70,13 @@ from actorexec.protocol.errors import ProtocolError
 MAX_READERS = 64
 LINE = 64
 _MAGIC = 0x31474E4952455841  # b"AXERING1"
-_VERSION = 1
+_VERSION = 2  # 2: the polling flags in each reader's line
 _W_MAGIC, _W_VERSION, _W_CAPACITY, _W_READERS = 0, 1, 2, 3
 _W_WRITE = 8  # word index of line 1
 _W_WAITING = 16  # line 2
 _W_READ0 = 24  # line 3; reader i at _W_READ0 + 8 * i
+_W_POLLING = 1  # reader i's polling flag of lane l at _W_READ0 + 8 * i + _W_POLLING + l
+MAX_LANES = 2  # polling flags per reader (its loop and its work thread)
 
 _RECORD = struct.Struct("<IHHQQ")  # body length, kind, flags, sequence, targets
 _U32 = struct.Struct("<I")
@@ -89,7 +114,7 @@ def _align(n: int) -> int:
 
 
 def _body_prefix(frames: Sequence[Any]) -> tuple[bytes, int]:
-    lengths = [memoryview(f).nbytes for f in frames]
+    lengths = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
     prefix = struct.pack(f"<I{len(lengths)}I", len(lengths), *lengths)
     return prefix, len(prefix) + sum(lengths)
 
@@ -145,6 +170,11 @@ class ShmRing:
     def writer_waiting(self) -> bool:
         return self.words[_W_WAITING] != 0
 
+    def reader_polling(self, index: int, lane: int) -> bool:
+        """Is reader ``index`` polling for lane ``lane`` (so needs no signal)? The writer
+        calls this after publishing and a ``fence()`` (the protocol in the docstring)."""
+        return self.words[_W_READ0 + 8 * index + _W_POLLING + lane] != 0
+
 
 class RingWriter:
     """Writes records; never waits. Only one writer per ring, and not from two threads
@@ -153,6 +183,9 @@ class RingWriter:
     def __init__(self, ring: ShmRing) -> None:
         self.ring = ring
         self._seq = 0
+        # Write positions below this are free as of the last look at the readers' positions
+        # (which only grow, so an old look is never too generous): most writes skip the look.
+        self._limit = 0
 
     def message_records(self, frames: Sequence[Any],
                         lane: int = 0) -> list[tuple[list[Any], int, int]]:
@@ -183,8 +216,10 @@ class RingWriter:
         offset = pos % ring.capacity
         to_end = ring.capacity - offset
         need = size if size <= to_end else to_end + size
-        if need > ring.free_bytes():
-            return False
+        if pos + need > self._limit:
+            self._limit = pos + ring.free_bytes()
+            if pos + need > self._limit:
+                return False
         data = ring.data
         if size > to_end:  # leave a WRAP record in the tail and start at 0
             self._seq += 1
@@ -195,11 +230,15 @@ class RingWriter:
         _RECORD.pack_into(data, offset, body, KIND_MESSAGE, flags, self._seq, targets)
         at = offset + _RECORD.size
         for part in parts:
-            view = memoryview(part)
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
-            n = view.nbytes
-            data[at:at + n] = view
+            if type(part) is bytes:  # most frames (encoded payloads): no view needed
+                n = len(part)
+                data[at:at + n] = part
+            else:
+                view = memoryview(part)
+                if view.format != "B" or view.ndim != 1:
+                    view = view.cast("B")
+                n = view.nbytes
+                data[at:at + n] = view
             at += n
         fence()  # the record's bytes before the position that publishes them
         ring.words[_W_WRITE] = pos + size
@@ -225,6 +264,13 @@ class RingReader:
     def pending(self) -> bool:
         """Has the writer published anything this reader has not consumed?"""
         return self.ring.words[_W_WRITE] != self._pos
+
+    def set_polling(self, lane: int, polling: bool) -> None:
+        """Says whether this reader polls the ring for ``lane`` (the writer then skips its
+        signal). Clearing ends with a fence: look at the ring after it, before sleeping."""
+        self.ring.words[self._slot + _W_POLLING + lane] = int(polling)
+        if not polling:
+            fence()
 
     def next_lane(self) -> int | None:
         """Without consuming: None if nothing is waiting; else the lane (0 or 1) of the next

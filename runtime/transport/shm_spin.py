@@ -16,26 +16,35 @@ off; children inherit them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 
 WORKER_MAX_US = 400.0
+# After a polling window ends without a message, one more look this much later: a backstop
+# should a processor order the flag protocol's store and load more weakly than x86 does
+# (``shm_ring.py``); costs one timer per window, none while idle.
+BACKSTOP_S = 0.01
 CALLER_MAX_US = 1000.0  # a caller waits for a whole round trip: its window may be longer
 _SAMPLES = 8
 
 
 def max_spin_s(ranks: int, caller: bool = False) -> float:
     """The longest short wait for a site of a channel of ``ranks`` ranks. By default 0
-    when this process may use fewer cores than there are waiters (each rank and the
-    executor), since a waiter that polls would then take the core its peer needs; the
-    environment variable, when set, is taken as it is."""
+    only when this process may use a single core (a poller would then always hold the
+    core its peer needs). With fewer cores than waiters (2 ranks and the executor on 2
+    cores) polling still pays, because a poller yields the core (``sched_yield``) on
+    every turn and the windows adapt to zero when waits are long: measured on a 2-core
+    host, 2 ranks (with the polling flag), 256-request steps back-to-back 337 -> 288 µs,
+    every 5 ms 622 -> 434 µs, worker CPU at 5 ms gaps 4.8 -> 3.9%
+    (``benchmarks/README.md``). The environment variable, when set, is taken as it is."""
     name, default = (("ACTOREXEC_SHM_CALLER_SPIN_US", CALLER_MAX_US) if caller
                      else ("ACTOREXEC_SHM_SPIN_US", WORKER_MAX_US))
     if name in os.environ:
         return float(os.environ[name]) / 1e6
-    if len(os.sched_getaffinity(0)) < ranks + 1:
+    if len(os.sched_getaffinity(0)) < 2:
         return 0.0
     return default / 1e6
 
@@ -47,6 +56,7 @@ class AdaptiveSpin:
         self.max_s = max_s
         self._waits: deque[float] = deque(maxlen=_SAMPLES)
         self._since: float | None = None
+        self._window = 0.0  # from the waits so far (computed as each arrives, not per ask)
 
     def waiting(self) -> None:
         """A wait begins (a reply just left, or a call was just sent)."""
@@ -57,9 +67,13 @@ class AdaptiveSpin:
         if self._since is not None:
             self._waits.append(time.perf_counter() - self._since)
             self._since = None
+            self._window = self._new_window()
 
     def window(self) -> float:
         """Seconds to poll before sleeping: 0 unless recent waits were short."""
+        return self._window
+
+    def _new_window(self) -> float:
         if self.max_s <= 0 or len(self._waits) < 3:
             return 0.0
         typical = sorted(self._waits)[len(self._waits) // 2]
@@ -82,35 +96,89 @@ def spin_on_thread(window_s: float, ready: Callable[[], bool]) -> bool:
 class LoopSpin:
     """Polls ``ready()`` once per loop iteration for up to a window, then calls
     ``on_ready()``; the loop keeps running its other work meanwhile (each turn is an
-    iteration with a zero-timeout select)."""
+    iteration with a zero-timeout select).
+
+    ``polling(flag)`` tells the ring's writers whether this site polls (so they may skip
+    its eventfd): set when a window starts; cleared, with a last look at the ring,
+    whenever polling ends (``shm_ring.py`` has the protocol)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ready: Callable[[], bool],
-                 on_ready: Callable[[], None], more: Callable[[], bool] | None = None) -> None:
+                 on_ready: Callable[[], None], more: Callable[[], bool] | None = None,
+                 polling: Callable[[bool], None] | None = None) -> None:
         self._loop = loop
         self._ready = ready
         self._on_ready = on_ready
         self._more = more  # keep polling after on_ready while this says so
+        self._polling = polling
+        self._active = False  # the polling flag is set
         self._deadline = 0.0
         self._handle: asyncio.Handle | None = None
+        self._backstop: asyncio.TimerHandle | None = None
 
     def start(self, window_s: float) -> None:
         if window_s <= 0:
             return
+        self._cancel_backstop()
         self._deadline = time.perf_counter() + window_s
         if self._handle is None:
+            if not self._active and self._polling is not None:
+                self._polling(True)
+                self._active = True
             self._handle = self._loop.call_soon(self._turn)
 
     def stop(self) -> None:
+        """Stops for good (no last look): the owner is closing."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._cancel_backstop()
+        if self._active:
+            self._active = False
+            with contextlib.suppress(ValueError):  # the ring already unmapped
+                self._polling(False)  # type: ignore[misc]
 
     def _turn(self) -> None:
         self._handle = None
         if self._ready():
             self._on_ready()
+            if self._handle is not None:  # on_ready started a new window
+                return
             if self._more is None or not self._more():
+                # Whatever on_ready woke (the caller's coroutine) runs first, and may send
+                # the next call, which keeps us polling: ending costs nothing then.
+                self._handle = self._loop.call_soon(self._wind_down)
                 return
         if time.perf_counter() < self._deadline:
             os.sched_yield()  # whoever we wait for may need this core
             self._handle = self._loop.call_soon(self._turn)
+            return
+        self._finish()
+
+    def _wind_down(self) -> None:
+        self._handle = None
+        if self._more is not None and self._more() and time.perf_counter() < self._deadline:
+            self._turn()
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Polling ends: clear the flag (with a fence), then one last look, since a writer
+        that saw the flag set did not signal."""
+        if not self._active:
+            return
+        self._active = False
+        self._polling(False)  # type: ignore[misc]
+        if self._ready():
+            self._on_ready()
+        elif self._handle is None:
+            self._backstop = self._loop.call_later(BACKSTOP_S, self._look_again)
+
+    def _look_again(self) -> None:
+        self._backstop = None
+        if self._ready():
+            self._on_ready()
+
+    def _cancel_backstop(self) -> None:
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
