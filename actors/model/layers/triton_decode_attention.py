@@ -1,18 +1,13 @@
 """Split-KV ("flash-decoding") paged attention for one query token per request.
 
-One launch, a program per (request, KV head, partition). It loads the query
-rows of every query head that shares the KV head (GQA: K/V are read once for
-the whole group), walks its partition of the sequence tile by tile through the
-block table, and keeps an online softmax in fp32. With more than one partition
-it writes its partial result and log-sum-exp, then counts itself done on a
-per-(request, KV head) counter (an atomic with release/acquire at GPU scope);
-the program that counts last merges the partitions by their log-sum-exp and
-resets the counter to zero for the next call. No second launch (it cost a
-kernel and a launch gap per layer: 32 a step for an 8B model), and no memset:
-the counters are zero again after every call.
+Stage 1: a program per (request, KV head, partition). It loads the query rows
+of every query head that shares the KV head (GQA: K/V are read once for the
+whole group), walks its partition of the sequence tile by tile through the
+block table, and keeps an online softmax in fp32. Stage 2 (only when there is
+more than one partition) merges the partitions by their log-sum-exp.
 
 The grid depends only on host-known sizes (number of requests, KV heads and
-the partition count), never on sequence lengths, so the launch can be
+the partition count), never on sequence lengths, so both launches can be
 captured in a CUDA graph. Each request's sequence is cut into
 ``num_partitions`` equal, tile-aligned pieces on the device; programs past
 the end of a short sequence return at once. A request with ``seq_len == 0``
@@ -48,7 +43,6 @@ def _decode_partition_kernel(
     out_ptr,                        # [R, Hq, D] (used when SINGLE)
     part_out_ptr,                   # [R, Hq, P, D] fp32 (used when not SINGLE)
     part_lse_ptr,                   # [R, Hq, P] fp32, log2 domain
-    done_ptr,                       # [R, Hkv] int32 counters, zero between calls
     qk_scale,                       # softmax scale * log2(e)
     num_partitions,
     stride_qr, stride_qh, stride_qd,
@@ -66,8 +60,9 @@ def _decode_partition_kernel(
     seq_len = tl.load(seq_lens_ptr + req).to(tl.int32)
     part_len = _partition_len(seq_len, num_partitions, TILE)
     start = part * part_len
-    # A partition starting past the end walks no tile and writes nothing, but still
-    # counts itself done (the last one to count merges).
+    if not SINGLE:
+        if start >= seq_len:  # nothing here; the reduce kernel masks this partition out
+            return
     end = tl.minimum(start + part_len, seq_len)
 
     g = tl.arange(0, G_PAD)
@@ -115,51 +110,40 @@ def _decode_partition_kernel(
     else:
         # Partial buffers are contiguous: [R, Hq, P, D] and [R, Hq, P].
         num_heads = tl.num_programs(1) * GROUP
-        base = (req * num_heads + heads) * num_partitions                 # [G_PAD]
-        wrote = start < seq_len
-        tl.store(part_out_ptr + (base + part)[:, None] * HEAD_DIM + d[None, :], out,
-                 mask=row_mask & wrote)
-        tl.store(part_lse_ptr + base + part, m_i + tl.log2(l_i), mask=(g < GROUP) & wrote)
-        # As a grid-wide barrier does it: the block's threads meet, then one thread counts
-        # with release semantics at GPU scope (cumulative: it publishes the stores the
-        # barrier ordered before it); the last to count acquires them all, and the
-        # barrier after hands that on to every thread of its block.
-        tl.debug_barrier()
-        counter = done_ptr + req * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_partitions - 1:
-            tl.store(counter, 0)  # every partition has counted: reset for the next call
-            tl.debug_barrier()
-            _merge_partitions(part_out_ptr, part_lse_ptr, out_ptr, base, heads, row_mask,
-                              g < GROUP, d, (seq_len + part_len - 1) // part_len, req,
-                              stride_or, stride_oh, stride_od, G_PAD, D_PAD, HEAD_DIM)
+        slot = (req * num_heads + heads) * num_partitions + part          # [G_PAD]
+        tl.store(part_out_ptr + slot[:, None] * HEAD_DIM + d[None, :], out, mask=row_mask)
+        tl.store(part_lse_ptr + slot, m_i + tl.log2(l_i), mask=g < GROUP)
 
 
 @triton.jit
-def _merge_partitions(part_out_ptr, part_lse_ptr, out_ptr, base, heads, row_mask, head_mask,
-                      d, num_valid, req, stride_or, stride_oh, stride_od,
-                      G_PAD: tl.constexpr, D_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """out[heads] = the partitions' results weighted by exp2(lse), one at a time (an
-    online log-sum-exp merge). Partitions past the sequence's end wrote nothing and
-    are not read; a padding row (no partition) gives zeros."""
-    m = tl.full([G_PAD], float("-inf"), tl.float32)
-    total = tl.zeros([G_PAD], tl.float32)
-    acc = tl.zeros([G_PAD, D_PAD], tl.float32)
-    for p in range(0, num_valid):
-        # .cg: read what the other programs wrote (at L2), never a stale L1 line
-        lse = tl.load(part_lse_ptr + base + p, mask=head_mask, other=float("-inf"),
-                      cache_modifier=".cg")
-        part = tl.load(part_out_ptr + (base + p)[:, None] * HEAD_DIM + d[None, :],
-                       mask=row_mask, other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m, lse)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)   # masked heads stay 0
-        a = tl.exp2(m - m_safe)
-        b = tl.exp2(lse - m_safe)
-        acc = acc * a[:, None] + part * b[:, None]
-        total = total * a + b
-        m = m_new
-    out = acc / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(out_ptr + req * stride_or + heads[:, None] * stride_oh + d[None, :] * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=row_mask)
+def _decode_reduce_kernel(
+    part_out_ptr, part_lse_ptr,     # [R, Hq, P, D] fp32, [R, Hq, P] fp32
+    seq_lens_ptr,                   # [R] int
+    out_ptr,                        # [R, Hq, D]
+    num_partitions,
+    stride_or, stride_oh, stride_od,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr,
+):
+    req = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    seq_len = tl.load(seq_lens_ptr + req).to(tl.int32)
+    # The same split as stage 1: only partitions that started inside the sequence wrote.
+    part_len = _partition_len(seq_len, num_partitions, TILE)
+    num_valid = (seq_len + part_len - 1) // part_len
+    p = tl.arange(0, P_PAD)
+    d = tl.arange(0, D_PAD)
+    p_mask = p < num_valid
+    base = (req * tl.num_programs(1) + head) * num_partitions
+    lse = tl.load(part_lse_ptr + base + p, mask=p_mask, other=float("-inf"))    # [P_PAD]
+    top = tl.max(lse, 0)
+    top = tl.where(top == float("-inf"), 0.0, top)                        # seq_len == 0
+    w = tl.exp2(lse - top)                                                # 0 where masked
+    parts = tl.load(part_out_ptr + (base + p)[:, None] * HEAD_DIM + d[None, :],
+                    mask=p_mask[:, None] & (d[None, :] < HEAD_DIM), other=0.0)  # [P_PAD, D_PAD]
+    total = tl.sum(w, 0)
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + req * stride_or + head * stride_oh + d * stride_od,
+             out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 @functools.cache
@@ -172,8 +156,8 @@ def default_num_partitions(num_reqs: int, num_kv_heads: int, device: torch.devic
     sequence to fill the machine; large ones get a few waves of equal programs.
 
     On an H200 (132 SMs) with 8 KV heads: 64 at batch 1, 16 at batch 8, 2 at batch 64,
-    1 (no merge) from batch 132 on. Costs of splitting: the fp32 partials
-    ([R, Hq, P, D]) and the last program's merge, small next to reading the K/V.
+    1 (no reduce kernel) from batch 132 on. Costs of splitting: the fp32 partials
+    ([R, Hq, P, D]) and one more launch, small next to reading the K/V.
     """
     sms = 132 if device.type != "cuda" else _num_sms(
         device.index if device.index is not None else torch.cuda.current_device())
@@ -204,34 +188,23 @@ def decode_attention_triton(q: torch.Tensor, kv_cache: torch.Tensor, block_table
         return out
     single = parts == 1
     if single:
-        part_out = part_lse = done = out  # unused
+        part_out = part_lse = out  # unused
     else:
         part_out = torch.empty(num_reqs, num_heads, parts, head_dim, dtype=torch.float32,
                                device=q.device)
         part_lse = torch.empty(num_reqs, num_heads, parts, dtype=torch.float32, device=q.device)
-        done = _done_counters(num_reqs * num_kv_heads, q.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     d_pad = triton.next_power_of_2(head_dim)
     _decode_partition_kernel[(num_reqs, num_kv_heads, parts)](
-        q, k_cache, v_cache, block_table, seq_lens, out, part_out, part_lse, done,
+        q, k_cache, v_cache, block_table, seq_lens, out, part_out, part_lse,
         scale * LOG2E, parts, *q.stride(), *k_cache.stride(), *block_table.stride(),
         *out.stride(),
         GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_SIZE=block_size, TILE=DECODE_TILE,
         SINGLE=single, IEEE_DOT=q.dtype == torch.float32, num_warps=4, num_stages=2)
+    if not single:
+        _decode_reduce_kernel[(num_reqs, num_heads)](
+            part_out, part_lse, seq_lens, out, parts, *out.stride(),
+            HEAD_DIM=head_dim, D_PAD=d_pad, P_PAD=max(2, triton.next_power_of_2(parts)),
+            TILE=DECODE_TILE, num_warps=4)
     return out
-
-
-# Per device: the merge counters every call shares (each call leaves them zero).
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _done_counters(n: int, device: torch.device) -> torch.Tensor:
-    """At least ``n`` int32 zeros for the partition counters of one call on ``device``."""
-    have = _COUNTERS.get(device)
-    if have is None or have.numel() < n:
-        fresh = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return fresh  # from the graph's private pool: that graph's own, never shared
-        _COUNTERS[device] = have = fresh
-    return have

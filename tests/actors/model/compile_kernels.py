@@ -33,8 +33,7 @@ def main() -> None:
     for dtype in ("bf16", "fp16"):
         io = {"q_ptr": f"*{dtype}", "k_cache_ptr": f"*{dtype}", "v_cache_ptr": f"*{dtype}",
               "out_ptr": f"*{dtype}", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
-              "block_table_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32",
-              "done_ptr": "*i32"}
+              "block_table_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32"}
         for group, head_dim in ((1, 128), (4, 64), (8, 128), (7, 64)):
             d_pad = triton.next_power_of_2(head_dim)
             for single in (True, False):
@@ -48,6 +47,8 @@ def main() -> None:
                 GROUP=group, G_PAD=g_pad, HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_SIZE=16,
                 BLOCK_Q=block_q, BLOCK_M=block_q * g_pad, TILE=prefill.PREFILL_TILE,
                 IEEE_DOT=False), num_warps=4, num_stages=2)
+        compile_kernel(decode._decode_reduce_kernel, io, dict(
+            HEAD_DIM=128, D_PAD=128, P_PAD=64, TILE=decode.DECODE_TILE), num_warps=4)
         compile_kernel(symm.all_reduce_add_rms_norm_kernel, {
             "buffer_ptrs": "*i64", "flag_ptrs": "*i64", "res_ptr": f"*{dtype}",
             "w_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "res_out_ptr": f"*{dtype}"},
