@@ -14,6 +14,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'actorexec[ray]'")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from tests.proc_fds import fd_targets, socket_inodes  # noqa: E402
+
 ROOT = str(Path(__file__).resolve().parents[3])
 NODE_CPUS = 2  # logical CPUs per node: a TP=2 x PP=2 layout packs one stage per node
 
@@ -86,14 +88,7 @@ async def wait_nothing_left(pids: Sequence[int], timeout_s: float = 15.0) -> Non
 
 def tcp_listeners(pid: int) -> list[tuple[str, int]]:
     """``(ip, port)`` of the IPv4 TCP sockets ``pid`` listens on."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+    inodes = socket_inodes(pid)
     found = []
     with open(f"/proc/{pid}/net/tcp") as f:
         for line in list(f)[1:]:
@@ -108,15 +103,8 @@ def tcp_listeners(pid: int) -> list[tuple[str, int]]:
 def memfds(pid: int) -> list[str]:
     """Names of the actorexec shared-memory rings (memfds) that ``pid`` holds open, sorted
     (once each: Python's mmap holds a second fd of every mapped ring)."""
-    names = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/memfd:actorexec-"):
-            names.add(target.removeprefix("/memfd:").removesuffix(" (deleted)"))
-    return sorted(names)
+    return sorted({target.removeprefix("/memfd:").removesuffix(" (deleted)")
+                   for target in fd_targets(pid) if target.startswith("/memfd:actorexec-")})
 
 
 def handoff_sockets() -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 
 from actorexec.actors.executor import Executor
 from tests.actors.test_executor_runs_models import model_config
+from tests.proc_fds import socket_inodes
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +43,7 @@ def dev_shm_semaphore_inodes() -> set[int]:
 
 def listening_addresses(pid: int) -> list[str]:
     """Local addresses (hex, as in /proc/net/tcp*) of the TCP sockets ``pid`` listens on."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+    inodes = socket_inodes(pid)
     found = []
     for table in ("tcp", "tcp6"):
         with open(f"/proc/{pid}/net/{table}") as f:
