@@ -34,38 +34,37 @@ def _thread_id():
                                      is_pure=True, pack=1)
 
 
-@triton.jit
-def _signal(addrs):
-    # Set *addr from 0 to 1 once it is 0 again (the peer took the previous signal).
-    tl.inline_asm_elementwise(
-        """
-        {
+def _cas_until_swapped(label: str, sem: str, expected: int, new: int) -> str:
+    """PTX: compare-and-swap ``*$1`` from ``expected`` to ``new`` at system scope with
+    ``sem`` ordering, retried until it swaps."""
+    return f"""
+        {{
         .reg .u32 %old;
         .reg .pred %done;
-        retry_signal:
-        atom.global.release.sys.cas.b32 %old, [$1], 0, 1;
-        setp.eq.u32 %done, %old, 0;
-        @!%done bra retry_signal;
+        {label}:
+        atom.global.{sem}.sys.cas.b32 %old, [$1], {expected}, {new};
+        setp.eq.u32 %done, %old, {expected};
+        @!%done bra {label};
         mov.u32 $0, %old;
-        }
-        """, "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1)
+        }}
+        """
+
+
+# Set *addr from 0 to 1 once it is 0 again (the peer took the previous signal).
+_SIGNAL = tl.constexpr(_cas_until_swapped("retry_signal", "release", 0, 1))
+# Wait until *addr is 1, and take it (back to 0).
+_WAIT = tl.constexpr(_cas_until_swapped("retry_wait", "acquire", 1, 0))
+
+
+@triton.jit
+def _signal(addrs):
+    tl.inline_asm_elementwise(_SIGNAL, "=r, l", [addrs], dtype=tl.int32, is_pure=False,
+                              pack=1)
 
 
 @triton.jit
 def _wait(addrs):
-    # Wait until *addr is 1, and take it (back to 0).
-    tl.inline_asm_elementwise(
-        """
-        {
-        .reg .u32 %old;
-        .reg .pred %done;
-        retry_wait:
-        atom.global.acquire.sys.cas.b32 %old, [$1], 1, 0;
-        setp.eq.u32 %done, %old, 1;
-        @!%done bra retry_wait;
-        mov.u32 $0, %old;
-        }
-        """, "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1)
+    tl.inline_asm_elementwise(_WAIT, "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
