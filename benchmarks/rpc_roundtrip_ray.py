@@ -40,7 +40,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from actorexec.actors.executor import Executor
 from actorexec.protocol import (
-    CachedRequestData,
     Config,
     ModelConfig,
     ModelRunnerOutput,
@@ -48,17 +47,9 @@ from actorexec.protocol import (
     SchedulerOutput,
 )
 from actorexec.runtime import run
+from benchmarks.rpc_roundtrip import decode_step  # the same 256-request step
 
 WORKER = "tests.actors.executor.workers:EchoWorker"
-
-
-def decode_step(n: int = 256) -> SchedulerOutput:
-    ids = [f"req-{i}" for i in range(n)]
-    cached = CachedRequestData(req_ids=ids, new_token_ids=[[i] for i in range(n)],
-                               new_block_ids=[[]] * n,
-                               num_computed_tokens=[100 + i for i in range(n)])
-    return SchedulerOutput(step_id=1, scheduled_cached_reqs=cached,
-                           num_scheduled_tokens=dict.fromkeys(ids, 1))
 
 
 def stats(samples: list[float]) -> dict[str, float]:
