@@ -36,8 +36,8 @@ class ParallelContext:
     # PP > 1: this TP index's first- and last-stage ranks, nobody else; sampled token ids
     # travel back to the first stage over it (async scheduling). None on middle stages.
     token_group: Any = None
-    # Optional faster TP all-reduce for small messages (symm_all_reduce.py): a callable
-    # that sums a tensor in place and returns True, or False to leave it to NCCL.
+    # Optional faster TP all-reduce for small messages (symm_all_reduce.SymmMemAllReduce;
+    # set only when tp_size > 1): sums in place, of GEMMs, fused with the norm.
     small_all_reduce: Any = None
 
     @property
@@ -107,7 +107,7 @@ class ParallelContext:
                    ) -> torch.Tensor:
         """A row-parallel layer's ``x @ weight.T``: summed over the TP group, or with
         ``reduce=False`` this rank's partial sum, for :meth:`reduce_add_norm` to sum."""
-        fast = self.small_all_reduce if self.tp_size > 1 else None
+        fast = self.small_all_reduce
         if fast is not None:
             out = fast.linear(x, weight) if reduce else fast.partial(x, weight)
             if out is not None:
@@ -119,7 +119,7 @@ class ParallelContext:
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """``norm(sum over TP of partial, residual)``: (normed, new residual). One fused
         kernel where the symmetric-memory path holds ``partial``; else all-reduce, norm."""
-        fast = self.small_all_reduce if self.tp_size > 1 else None
+        fast = self.small_all_reduce
         if fast is not None:
             fused = fast.reduce_add_norm(partial, residual, norm.weight, norm.eps)
             if fused is not None:
@@ -130,7 +130,7 @@ class ParallelContext:
 
     def owned(self, x: torch.Tensor) -> torch.Tensor:
         """``x``, or a copy if it lives in the all-reduce buffer (reused by the next layer)."""
-        fast = self.small_all_reduce if self.tp_size > 1 else None
+        fast = self.small_all_reduce
         return x.clone() if fast is not None and fast.holds(x) else x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:

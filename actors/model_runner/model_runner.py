@@ -346,6 +346,14 @@ class ModelRunner:
         """One token through every stage, touching no request state or KV slot."""
         self._run_dummy(1)
 
+    def drop_graphs(self) -> None:
+        """Before the process group goes: destroying NCCL communicators that CUDA graphs
+        captured can hang (pytorch/pytorch#115388), so the graphs go first, and the
+        device is let go idle."""
+        self.stage.clear()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # ---- sleep mode ---------------------------------------------------------------------
     def sleep(self, level: int) -> None:
         """Level 1: drop the KV cache (contents lost; weights to CPU on CUDA).

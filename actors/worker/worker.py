@@ -113,13 +113,7 @@ class Worker(Actor):
 
         if dist.is_available() and dist.is_initialized():
             if self.model_runner is not None:
-                # Destroying NCCL communicators that CUDA graphs captured can hang
-                # (pytorch/pytorch#115388): drop the graphs, let the device go idle.
-                self.model_runner.stage.clear()
-                if self.device is not None and self.device.type == "cuda":
-                    import torch
-
-                    torch.cuda.synchronize(self.device)
+                self.model_runner.drop_graphs()
             dist.destroy_process_group()
 
     # -- set-up ---------------------------------------------------------------
