@@ -110,6 +110,17 @@ async def test_a_message_published_as_the_loop_stops_polling_is_read_by_its_last
         close_fds(wake, space)
 
 
+def take_one(reader: RingReader, got: list[bytes]) -> bool:
+    """Takes the next message's first frame into ``got``; False if the ring is empty."""
+    frames = reader.next_message()
+    if frames is None:
+        return False
+    got.append(bytes(frames[0]))
+    frames[0].release()
+    reader.release()
+    return True
+
+
 async def test_a_message_published_as_the_work_thread_stops_polling_is_taken(no_backstop):
     mapped = MappedRing.create("actorexec-test", CAPACITY, readers=1)
     wake, space = new_eventfd(), new_eventfd()
@@ -118,13 +129,7 @@ async def test_a_message_published_as_the_work_thread_stops_polling_is_taken(no_
     got: list[bytes] = []
 
     def poll_once() -> bool:
-        frames = reader.next_message()
-        if frames is None:
-            return False
-        got.append(bytes(frames[0]))
-        frames[0].release()
-        reader.release()
-        return True
+        return take_one(reader, got)
 
     ends = []
 
@@ -192,13 +197,7 @@ async def test_a_wake_up_lost_after_the_work_thread_polled_is_found_by_the_backs
     ends = []
 
     def poll_once() -> bool:
-        frames = reader.next_message()
-        if frames is None:
-            return False
-        got.append(bytes(frames[0]))
-        frames[0].release()
-        reader.release()
-        return True
+        return take_one(reader, got)
 
     def miss_after_polling(polling: bool) -> None:
         reader.set_polling(0, polling)
