@@ -95,6 +95,11 @@ class HopWorker(EchoWorker):
         self.model_runner = TimedRunner(self)
 
     @expose
+    def noop(self) -> None:
+        """The empty message's handler, stamped as the step is (a loop method)."""
+        MARKS[_CURRENT[0]]["w.run0"] = MARKS[_CURRENT[0]]["w.run1"] = now()
+
+    @expose
     def hop_marks(self) -> dict[int, dict[str, int]]:
         return dict(MARKS)
 
@@ -174,7 +179,8 @@ HOPS = [  # (label, from probe, to probe)
 ]
 
 
-async def measure(transport: str, workers: int, iters: int, gap_s: float) -> dict[str, Any]:
+async def measure(transport: str, workers: int, iters: int, gap_s: float,
+                  method: str = "execute_model") -> dict[str, Any]:
     from benchmarks.rpc_roundtrip import decode_step
 
     install_caller_probes()
@@ -194,7 +200,8 @@ async def measure(transport: str, workers: int, iters: int, gap_s: float) -> dic
             _CURRENT[0] = cid
             t0 = now()
             MARKS[cid]["c.begin"] = t0
-            fut = ex.execute_model(so)
+            fut = ex.execute_model(so) if method == "execute_model" else (
+                ex.collective_rpc("noop"))
             MARKS[cid]["c.sent"] = now()
             await fut
             MARKS[cid]["c.end"] = now()
@@ -226,16 +233,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.0)
+    parser.add_argument("--method", choices=("execute_model", "noop"), default="execute_model",
+                        help="noop: the empty message (a loop method, no payload)")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
         os.path.dirname(__file__), "results", f"rpc_hops-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     args = parser.parse_args()
-    result = run(measure(args.transport, args.workers, args.iters, args.gap_ms / 1e3),
+    result = run(measure(args.transport, args.workers, args.iters, args.gap_ms / 1e3,
+                         args.method),
                  use_uvloop=args.uvloop)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), **result}, f, indent=2)
-    print(f"transport={args.transport} workers={args.workers} gap={args.gap_ms} ms "
+    print(f"{args.method}: transport={args.transport} workers={args.workers} gap={args.gap_ms} ms "
           f"uvloop={args.uvloop}: median round trip {result['total_us']:.1f} us (rank 0 hops)")
     total = 0.0
     for label, us in result["hops_us"].items():

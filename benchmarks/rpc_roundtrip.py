@@ -8,7 +8,8 @@ step) and a 1.2 s gap (``gap1200ms``); an empty message back-to-back
 p99 round trip, and the CPU the workers (each, on average) and the driver
 used, in % of one core over the phase's wall time (psutil).
 
-Systems: actorexec's ``mp`` executor over shared memory (``shm``, the default)
+Systems: actorexec's ``mp`` executor over shared memory (``shm``, the default;
+``shm-nopace``: the same with paced waits off, ``ACTOREXEC_SHM_PACE=0``)
 and over ZeroMQ ipc (the previous default), with the test ``EchoWorker`` (the
 real Worker, no model; every rank answers a step, the output rank with the
 output); vLLM's ``shm_broadcast.MessageQueue`` wired as vLLM's multiprocess
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -32,7 +34,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -237,9 +239,10 @@ def main() -> None:
                     continue
                 key = f"{system}/{workers}w"
                 print(f"rep {rep + 1}/{args.reps}: {key}", flush=True)
-                if system in ("shm", "ipc", "tcp"):
-                    result = run(actorexec_run(system, workers, phases, args.idle_s),
-                                 use_uvloop=args.uvloop)
+                if system.split("-")[0] in ("shm", "ipc", "tcp"):
+                    with _pace_env(system):
+                        result = run(actorexec_run(system.split("-")[0], workers, phases,
+                                                   args.idle_s), use_uvloop=args.uvloop)
                 elif system == "vllm":
                     result = vllm_run(workers, phases, args.idle_s)
                 else:
@@ -264,6 +267,20 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
+@contextlib.contextmanager
+def _pace_env(system: str) -> Iterator[None]:
+    """``shm-nopace``: the workers (who inherit it) get ``ACTOREXEC_SHM_PACE=0``."""
+    saved = os.environ.pop("ACTOREXEC_SHM_PACE", None)
+    if system == "shm-nopace":
+        os.environ["ACTOREXEC_SHM_PACE"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("ACTOREXEC_SHM_PACE", None)
+        if saved is not None:
+            os.environ["ACTOREXEC_SHM_PACE"] = saved
+
+
 def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for key, results in runs.items():
@@ -274,18 +291,18 @@ def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[
 
 
 def print_table(medians: dict[str, dict[str, dict[str, float]]]) -> None:
-    print(f"{'system':10} {'phase':10} {'median us':>10} {'p99 us':>10} {'x vllm':>7} "
+    print(f"{'system':15} {'phase':10} {'median us':>10} {'p99 us':>10} {'x vllm':>7} "
           f"{'worker %':>9} {'driver %':>9}")
     for key, phases in medians.items():
         workers = key.split("/")[1]
         vllm = medians.get(f"vllm/{workers}")
         for phase, m in phases.items():
             if "median_us" not in m:
-                print(f"{key:10} {phase:10} {'':>10} {'':>10} {'':>7} "
+                print(f"{key:15} {phase:10} {'':>10} {'':>10} {'':>7} "
                       f"{m['worker_cpu_pct']:9.1f} {m['driver_cpu_pct']:9.1f}")
                 continue
             ratio = m["median_us"] / vllm[phase]["median_us"] if vllm else float("nan")
-            print(f"{key:10} {phase:10} {m['median_us']:10.1f} {m['p99_us']:10.1f} "
+            print(f"{key:15} {phase:10} {m['median_us']:10.1f} {m['p99_us']:10.1f} "
                   f"{ratio:7.2f} {m['worker_cpu_pct']:9.1f} {m['driver_cpu_pct']:9.1f}")
 
 

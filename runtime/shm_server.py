@@ -33,7 +33,7 @@ from actorexec.protocol.errors import ProtocolError
 from .actor import Actor
 from .server import ActorServer
 from .transport.shm_channel import ShmEndpoint, ShmServerLink
-from .transport.shm_spin import AdaptiveSpin, max_spin_s
+from .transport.shm_spin import AdaptiveSpin, max_spin_s, pacing_enabled
 
 logger = logging.getLogger("actorexec.runtime.server")
 
@@ -59,8 +59,10 @@ class ShmActorServer(ActorServer):
         receiver = self.transport.receiver
         self.actor.work_thread().watch(self.transport.thread_wake_fd, self._poll_on_thread,
                                        lambda: receiver.next_lane() in (1, -1),
-                                       AdaptiveSpin(max_spin_s(self.transport.ranks)),
-                                       lambda on: receiver.set_polling(1, on))
+                                       AdaptiveSpin(max_spin_s(self.transport.ranks),
+                                                    pacing_enabled()),
+                                       lambda on: receiver.set_polling(1, on),
+                                       receiver.published_s)
         await self.transport.wait_failure()  # raises why the call ring stopped
 
     def _on_message(self, frames: list[memoryview]) -> None:

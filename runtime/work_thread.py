@@ -15,10 +15,12 @@ stuck in a step still exits (a pool's threads are joined at exit).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -44,6 +46,8 @@ class WorkThread:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._backstop_ms: float | None = None  # the next sleep's limit, after polling
+        self._late = _LATE_START_S  # how late a timed sleep of ours ends, learnt (paced waits)
+        self.paced_wakes = 0  # paced waits whose timer woke the thread before the message
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` (it must not raise: exceptions are logged and dropped)."""
@@ -55,16 +59,20 @@ class WorkThread:
 
     def watch(self, fd: int, poll_once: PollOnce, waiting: Callable[[], bool],
               spin: AdaptiveSpin | None = None,
-              polling: Callable[[bool], None] | None = None) -> None:
+              polling: Callable[[bool], None] | None = None,
+              published: Callable[[], float] | None = None) -> None:
         """Between jobs, call ``poll_once`` whenever ``fd`` (an eventfd) is readable, and
         again while it returns True. Jobs always run first: ``poll_once`` must not take
         work that was submitted before it (:meth:`has_jobs`). With ``spin``, an idle
-        thread first polls ``waiting()`` for the spin's window before it sleeps, and
-        ``polling(True)`` / ``polling(False)`` (which must fence) bracket that window so
-        the source's writer may skip signalling ``fd`` meanwhile."""
+        thread first polls ``waiting()`` for the spin's window before it sleeps (or, for
+        regular long waits, has a timer wake it just before the next message), and
+        ``polling(True)`` / ``polling(False)`` (which must fence) bracket that polling so
+        the source's writer may skip signalling ``fd`` meanwhile. ``published()``: when
+        the source's latest message came (``time.perf_counter()`` seconds), which the
+        spin learns from."""
         if self._closed:
             raise RuntimeError(f"{self._name} is closed")
-        self._watch = _Watch(fd, poll_once, waiting, spin, polling)
+        self._watch = _Watch(fd, poll_once, waiting, spin, polling, published)
         self._start()
         signal(self._wake)
 
@@ -102,6 +110,7 @@ class WorkThread:
             self._thread.start()
 
     def _run(self) -> None:
+        precise_timers()
         poller = select.poll()
         poller.register(self._wake, select.POLLIN)
         watched: int | None = None
@@ -124,7 +133,7 @@ class WorkThread:
                     if not (self._jobs or watch.waiting()):  # type: ignore[union-attr]
                         ready = poller.poll()
                 if spin is not None:
-                    spin.arrived()
+                    _arrived(watch)  # type: ignore[arg-type]
                 for fd, _ in ready:
                     drain(fd)
         finally:
@@ -137,12 +146,18 @@ class WorkThread:
         assert spin is not None
         spin.waiting()
         window = spin.window()
-        if window <= 0:
-            return False
 
         def work() -> bool:
             return bool(self._jobs) or watch.waiting()
 
+        if window <= 0:
+            # Paced: woken ahead of the next message by a timer, then asleep on the
+            # eventfd again (shm_spin.py says why); True if it came before the timer.
+            wake = spin.wake_at()
+            if wake is not None and self._sleep_until(wake - self._late, watch):
+                _arrived(watch)
+                return True  # (the fds are drained: look now)
+            return False
         if watch.polling is None:
             came = spin_on_thread(window, work)
         else:
@@ -152,8 +167,40 @@ class WorkThread:
             came = came or work()
             self._backstop_ms = None if came else BACKSTOP_S * 1000
         if came:
-            spin.arrived()
+            spin.arrived()  # (found by polling: now is when it came)
         return came
+
+    def _sleep_until(self, when: float, watch: _Watch) -> bool:
+        """Sleeps until ``when`` (``time.perf_counter()``) unless a job or a message comes
+        first (True). ``select`` for its microsecond timeout (``poll`` and ``epoll`` round
+        up to milliseconds); a signal left from a message already taken (one published
+        while the thread was still polling) is drained and slept through. Learns how late
+        the sleep ends."""
+        fds = [self._wake, watch.fd]
+        while (delay := when - time.perf_counter()) > 0:
+            if max(fds) >= _SELECT_LIMIT:  # select() cannot watch it: a plain timed poll
+                ready = [fd for fd, _ in _poll_ms(fds, int(delay * 1000))]
+            else:
+                ready = select.select(fds, [], [], delay)[0]
+            if not ready:
+                self._learn_lateness(time.perf_counter() - when)
+                self.paced_wakes += 1
+                return False
+            for fd in ready:
+                drain(fd)
+            if self._jobs or watch.waiting():
+                # Past ``when`` and the timer had not fired: it is at least this late.
+                self._learn_lateness(time.perf_counter() - when, at_least=True)
+                return True
+        return False
+
+    def _learn_lateness(self, late: float, at_least: bool = False) -> None:
+        """Up at once to a later timer (a timer that fires after the message is no use),
+        down slowly (a timer that fires early only costs an earlier wake-up)."""
+        if late > self._late:
+            self._late = min(_LATE_MAX_S, late)
+        elif not at_least:
+            self._late += (late - self._late) / 16
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -169,6 +216,36 @@ class _Watch(NamedTuple):
     waiting: Callable[[], bool]
     spin: AdaptiveSpin | None
     polling: Callable[[bool], None] | None
+    published: Callable[[], float] | None
+
+
+def _arrived(watch: _Watch) -> None:
+    """Tells the watch's spin that what it waited for came (when the source says it did)."""
+    assert watch.spin is not None
+    watch.spin.arrived(None if watch.published is None else watch.published())
+
+
+def precise_timers() -> None:
+    """This thread's timed sleeps end when asked, not up to 50 µs later (Linux's default
+    timer slack), so a paced wait's timer need not be set that much earlier. Best
+    effort."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux, or no libc to call
+        pass
+
+
+_PR_SET_TIMERSLACK = 29  # <linux/prctl.h>; the slack in nanoseconds
+_SELECT_LIMIT = 1024  # FD_SETSIZE
+# A timed sleep on an idle vCPU ends this late (timer slack, the wake-up); learnt per thread.
+_LATE_START_S, _LATE_MAX_S = 50e-6, 300e-6
+
+
+def _poll_ms(fds: list[int], ms: int) -> list[tuple[int, int]]:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return poller.poll(ms)
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -280,6 +280,10 @@ class RingReceiver:
         """Is a message waiting (cheap; any thread)?"""
         return self._reader.pending()
 
+    def published_s(self) -> float:
+        """When the ring's writer last published (``RingReader.published_s``; any thread)."""
+        return self._reader.published_s()
+
     def next_lane(self) -> int | None:
         """A hint: the lane of the next message (``RingReader.next_lane``)."""
         return self._reader.next_lane()

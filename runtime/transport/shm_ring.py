@@ -8,7 +8,9 @@ queueing). Layout, every field a little-endian u64 on its own 64-byte line so
 that writer and readers never share a cache line they both write::
 
     line 0       magic, version, capacity, number of readers
-    line 1       write position (bytes ever written; only the writer stores it)
+    line 1       write position (bytes ever written; only the writer stores it), then
+                 when the last record was published (``time.perf_counter_ns``:
+                 CLOCK_MONOTONIC, one clock for every process of the host)
     line 2       "writer waits for space" flag
     line 3 + i   reader i's line (only reader i stores it): its read position, then
                  a "polling" flag per lane (see below)
@@ -62,6 +64,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,9 +73,10 @@ from actorexec.protocol.errors import ProtocolError
 MAX_READERS = 64
 LINE = 64
 _MAGIC = 0x31474E4952455841  # b"AXERING1"
-_VERSION = 2  # 2: the polling flags in each reader's line
+_VERSION = 3  # 2: the polling flags in each reader's line; 3: the publish time
 _W_MAGIC, _W_VERSION, _W_CAPACITY, _W_READERS = 0, 1, 2, 3
 _W_WRITE = 8  # word index of line 1
+_W_PUBLISHED = 9  # beside the write position: stored just before it
 _W_WAITING = 16  # line 2
 _W_READ0 = 24  # line 3; reader i at _W_READ0 + 8 * i
 _W_POLLING = 1  # reader i's polling flag of lane l at _W_READ0 + 8 * i + _W_POLLING + l
@@ -240,6 +244,9 @@ class RingWriter:
                 n = view.nbytes
                 data[at:at + n] = view
             at += n
+        # Before the fence, like the record: a reader that sees the new position sees
+        # this too (when its message came, for a reader that slept through it).
+        ring.words[_W_PUBLISHED] = time.perf_counter_ns()
         fence()  # the record's bytes before the position that publishes them
         ring.words[_W_WRITE] = pos + size
         return True
@@ -264,6 +271,12 @@ class RingReader:
     def pending(self) -> bool:
         """Has the writer published anything this reader has not consumed?"""
         return self.ring.words[_W_WRITE] != self._pos
+
+    def published_s(self) -> float:
+        """When the writer last published a record, in ``time.perf_counter()`` seconds: a
+        reader woken from sleep learns when its message really came (the wake-up's own
+        latency excluded). A hint for timing only, never for correctness."""
+        return self.ring.words[_W_PUBLISHED] / 1e9
 
     def set_polling(self, lane: int, polling: bool) -> None:
         """Says whether this reader polls the ring for ``lane`` (the writer then skips its
