@@ -12,11 +12,13 @@ import time
 import pytest
 
 from actorexec.runtime.transport import shm_spin
-from actorexec.runtime.transport.shm_fds import MappedRing, close_fds, new_eventfd
+from actorexec.runtime.transport.shm_fds import MappedRing, new_eventfd
 from actorexec.runtime.transport.shm_link import RingSender
 from actorexec.runtime.transport.shm_ring import RingReader, RingWriter
 from actorexec.runtime.transport.shm_spin import PACE_LEAD_S, PACE_SPREAD_S, AdaptiveSpin
 from actorexec.runtime.work_thread import WorkThread, precise_timers
+
+from .ring_teardown import close_thread_then_ring
 
 CAPACITY = 64 * 1024
 PERIOD_S = 0.005  # a step every 5 ms, as an engine on a GPU sends them
@@ -151,11 +153,7 @@ async def _run_periodic(paced: bool) -> tuple[int, int, float]:
         idle_cpu = _thread_cpu_s(thread._thread) - idle_from
         return thread.paced_wakes, len(taken_at), idle_cpu
     finally:
-        thread.close()
-        await asyncio.sleep(0.05)  # the thread leaves its poll before the ring goes
-        sender.close()
-        mapped.close()
-        close_fds(wake, space)
+        await close_thread_then_ring(thread, mapped, sender, wake, space)
 
 
 async def test_a_regular_writer_finds_the_reader_awake_and_an_idle_one_sleeps():

@@ -21,6 +21,8 @@ from actorexec.runtime.transport.shm_ring import RingReader, RingWriter
 from actorexec.runtime.transport.shm_spin import AdaptiveSpin
 from actorexec.runtime.work_thread import WorkThread
 
+from .ring_teardown import close_thread_then_ring
+
 CAPACITY = 64 * 1024
 MESSAGES = 3000
 WINDOW_S = 100e-6
@@ -146,11 +148,7 @@ async def test_a_message_published_as_the_work_thread_stops_polling_is_taken(no_
         thread.watch(wake, poll_once, reader.pending, FixedSpin(0.002), publish_as_polling_ends)
         assert await _until(lambda: got == [b"late"])
     finally:
-        thread.close()
-        await asyncio.sleep(0.05)  # the thread leaves its poll before the ring goes
-        sender.close()
-        mapped.close()
-        close_fds(wake, space)
+        await close_thread_then_ring(thread, mapped, sender, wake, space)
 
 
 def _write_unsignalled(writer: RingWriter, frame: bytes) -> None:
@@ -211,10 +209,7 @@ async def test_a_wake_up_lost_after_the_work_thread_polled_is_found_by_the_backs
         thread.watch(wake, poll_once, reader.pending, FixedSpin(0.002), miss_after_polling)
         assert await _until(lambda: got == [b"missed"], timeout_s=5.0)
     finally:
-        thread.close()
-        await asyncio.sleep(0.05)
-        mapped.close()
-        close_fds(wake)
+        await close_thread_then_ring(thread, mapped, None, wake)
 
 
 async def test_a_reader_has_at_most_as_many_lanes_as_its_line_has_polling_flags():
@@ -317,7 +312,4 @@ async def test_no_wake_up_is_lost_when_the_work_thread_stops_polling():
         assert await asyncio.wait_for(_child_exit(pid), 100) == 0, f"lost after {len(got)}"
         assert got == list(range(MESSAGES))
     finally:
-        thread.close()
-        time.sleep(0.05)  # the thread leaves its poll before the ring goes
-        mapped.close()
-        close_fds(wake, space, ack)
+        await close_thread_then_ring(thread, mapped, None, wake, space, ack)
