@@ -59,8 +59,7 @@ class ShmActorServer(ActorServer):
         receiver = self.transport.receiver
         self.actor.work_thread().watch(self.transport.thread_wake_fd, self._poll_on_thread,
                                        lambda: receiver.next_lane() in (1, -1),
-                                       AdaptiveSpin(max_spin_s(self.transport.ranks),
-                                                    pacing_enabled()),
+                                       AdaptiveSpin(max_spin_s(), pacing_enabled()),
                                        lambda on: receiver.set_polling(1, on),
                                        receiver.published_s)
         await self.transport.wait_failure()  # raises why the call ring stopped

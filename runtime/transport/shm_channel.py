@@ -84,7 +84,7 @@ class ShmChannel:
         self._sender: RingSender | None = None
         self._receivers: dict[int, RingReceiver] = {}
         self._loop_spin: LoopSpin | None = None  # the short wait for replies
-        self._spin = AdaptiveSpin(max_spin_s(ranks, caller=True))
+        self._spin = AdaptiveSpin(max_spin_s(caller=True))
         self._outstanding = 0  # replies owed (every call gets exactly one per rank)
         self.closed = False
 
@@ -226,7 +226,7 @@ class ShmServerLink:
                                    create=False)
         self.receiver = RingReceiver(self._calls.ring, endpoint.rank, endpoint.call_wake.fd,
                                      endpoint.call_space.fd, loop, "call ring",
-                                     AdaptiveSpin(max_spin_s(endpoint.ranks)))
+                                     AdaptiveSpin(max_spin_s()))
         self.sender = RingSender(self._replies.ring, [[endpoint.reply_wake.fd]],
                                  endpoint.reply_space.fd, loop, "reply ring",
                                  max_queued=MAX_QUEUED_PER_PEER)

@@ -56,8 +56,8 @@ def pacing_enabled() -> bool:
     return os.environ.get("ACTOREXEC_SHM_PACE", "1") != "0"
 
 
-def max_spin_s(ranks: int, caller: bool = False) -> float:
-    """The longest short wait for a site of a channel of ``ranks`` ranks. By default 0
+def max_spin_s(caller: bool = False) -> float:
+    """The longest short wait for a waiting site (the executor's if ``caller``). By default 0
     only when this process may use a single core (a poller would then always hold the
     core its peer needs). With fewer cores than waiters (2 ranks and the executor on 2
     cores) polling still pays, because a poller yields the core (``sched_yield``) on

@@ -162,7 +162,9 @@ async def test_a_regular_writer_finds_the_reader_awake_and_an_idle_one_sleeps():
     # After 8 messages the rhythm is known; for most later ones the thread's own timer
     # woke it first. Loose: a loaded machine's timers are late now and then.
     assert woken_ahead >= 52 * 3 // 4, f"woken ahead of only {woken_ahead} of 52 messages"
-    assert woken_ahead <= 52  # never before the rhythm is known, and once per message
+    # Never before the rhythm is known, once per message, and once more for a 61st
+    # message that never comes (the silence after it is then slept through).
+    assert woken_ahead <= 53
     assert idle_cpu < 0.01, f"the idle work thread used {idle_cpu * 1e3:.1f} ms of CPU in 0.5 s"
 
 
