@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .shm_fds import drain, signal
-from .shm_ring import MAX_LANES, RingReader, RingWriter, ShmRing, fence
+from .shm_ring import MAX_LANES, RingWriter, ShmRing, fence
+from .shm_ring_reader import RingReader
 from .shm_spin import AdaptiveSpin, LoopSpin
 
 logger = logging.getLogger("actorexec.runtime.transport")

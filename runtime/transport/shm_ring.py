@@ -2,10 +2,11 @@
 
 The executor writes a call once and every local rank reads it from the same
 memory (one copy for N ranks); each rank writes its replies into a ring of its
-own. This module is only the memory layout and the cursor rules: no event
-loop, no file descriptors, no waiting (``shm_link.py`` adds wake-ups and
-queueing). Layout, every field a little-endian u64 on its own 64-byte line so
-that writer and readers never share a cache line they both write::
+own. This module (the layout and the writer) and ``shm_ring_reader.py`` (the
+reading end) are only the memory layout and the cursor rules: no event loop,
+no file descriptors, no waiting (``shm_link.py`` adds wake-ups and queueing).
+Layout, every field a little-endian u64 on its own 64-byte line so that writer
+and readers never share a cache line they both write::
 
     line 0       magic, version, capacity, number of readers
     line 1       write position (bytes ever written; only the writer stores it), then
@@ -74,19 +75,19 @@ MAX_READERS = 64
 LINE = 64
 _MAGIC = 0x31474E4952455841  # b"AXERING1"
 _VERSION = 3  # 2: the polling flags in each reader's line; 3: the publish time
-_W_MAGIC, _W_VERSION, _W_CAPACITY, _W_READERS = 0, 1, 2, 3
-_W_WRITE = 8  # word index of line 1
-_W_PUBLISHED = 9  # beside the write position: stored just before it
-_W_WAITING = 16  # line 2
-_W_READ0 = 24  # line 3; reader i at _W_READ0 + 8 * i
-_W_POLLING = 1  # reader i's polling flag of lane l at _W_READ0 + 8 * i + _W_POLLING + l
+W_MAGIC, W_VERSION, W_CAPACITY, W_READERS = 0, 1, 2, 3
+W_WRITE = 8  # word index of line 1
+W_PUBLISHED = 9  # beside the write position: stored just before it
+W_WAITING = 16  # line 2
+W_READ0 = 24  # line 3; reader i at W_READ0 + 8 * i
+W_POLLING = 1  # reader i's polling flag of lane l at W_READ0 + 8 * i + W_POLLING + l
 MAX_LANES = 2  # polling flags per reader (its loop and its work thread)
 
-_RECORD = struct.Struct("<IHHQQ")  # body length, kind, flags, sequence, targets
-_U32 = struct.Struct("<I")
+RECORD = struct.Struct("<IHHQQ")  # body length, kind, flags, sequence, targets
+U32 = struct.Struct("<I")
 KIND_MESSAGE, KIND_WRAP = 1, 2
 FIRST, LAST, CHUNK = 1, 2, 4  # a whole message is FIRST | LAST; chunks carry CHUNK
-_FLAGS = frozenset({FIRST | LAST, CHUNK | FIRST, CHUNK, CHUNK | LAST})
+VALID_FLAGS = frozenset({FIRST | LAST, CHUNK | FIRST, CHUNK, CHUNK | LAST})
 LANE1 = 8  # whom the writer woke for it: the reader's work thread (else its event loop)
 MAX_FRAMES = 4096
 
@@ -113,7 +114,7 @@ def ring_bytes(capacity: int, readers: int) -> int:
     return header_bytes(readers) + capacity
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
     return (n + LINE - 1) & ~(LINE - 1)
 
 
@@ -145,10 +146,10 @@ class ShmRing:
         self.words = self._mem[:hdr].cast("Q")
         self.data = self._mem[hdr:hdr + capacity]
         if create:
-            self.words[_W_MAGIC], self.words[_W_VERSION] = _MAGIC, _VERSION
-            self.words[_W_CAPACITY], self.words[_W_READERS] = capacity, readers
-        elif (self.words[_W_MAGIC], self.words[_W_VERSION], self.words[_W_CAPACITY],
-              self.words[_W_READERS]) != (_MAGIC, _VERSION, capacity, readers):
+            self.words[W_MAGIC], self.words[W_VERSION] = _MAGIC, _VERSION
+            self.words[W_CAPACITY], self.words[W_READERS] = capacity, readers
+        elif (self.words[W_MAGIC], self.words[W_VERSION], self.words[W_CAPACITY],
+              self.words[W_READERS]) != (_MAGIC, _VERSION, capacity, readers):
             raise RingCorrupt("the shared memory does not hold a ring of the expected shape")
 
     def release(self) -> None:
@@ -159,25 +160,25 @@ class ShmRing:
     # -- the writer's side ----------------------------------------------------
     @property
     def write_position(self) -> int:
-        return self.words[_W_WRITE]
+        return self.words[W_WRITE]
 
     def free_bytes(self) -> int:
         words = self.words
-        slowest = min(words[_W_READ0 + 8 * i] for i in range(self.readers))
-        return self.capacity - (words[_W_WRITE] - slowest)
+        slowest = min(words[W_READ0 + 8 * i] for i in range(self.readers))
+        return self.capacity - (words[W_WRITE] - slowest)
 
     def set_writer_waiting(self, waiting: bool) -> None:
-        self.words[_W_WAITING] = int(waiting)
+        self.words[W_WAITING] = int(waiting)
         fence()
 
     @property
     def writer_waiting(self) -> bool:
-        return self.words[_W_WAITING] != 0
+        return self.words[W_WAITING] != 0
 
     def reader_polling(self, index: int, lane: int) -> bool:
         """Is reader ``index`` polling for lane ``lane`` (so needs no signal)? The writer
         calls this after publishing and a ``fence()`` (the protocol in the docstring)."""
-        return self.words[_W_READ0 + 8 * index + _W_POLLING + lane] != 0
+        return self.words[W_READ0 + 8 * index + W_POLLING + lane] != 0
 
 
 class RingWriter:
@@ -215,8 +216,8 @@ class RingWriter:
         if body > ring.max_chunk:
             raise ValueError(f"a record body of {body} bytes exceeds {ring.max_chunk}; "
                              "use message_records")
-        size = _align(_RECORD.size + body)
-        pos = ring.words[_W_WRITE]
+        size = align(RECORD.size + body)
+        pos = ring.words[W_WRITE]
         offset = pos % ring.capacity
         to_end = ring.capacity - offset
         need = size if size <= to_end else to_end + size
@@ -227,12 +228,12 @@ class RingWriter:
         data = ring.data
         if size > to_end:  # leave a WRAP record in the tail and start at 0
             self._seq += 1
-            _RECORD.pack_into(data, offset, to_end - _RECORD.size, KIND_WRAP, 0, self._seq, 0)
+            RECORD.pack_into(data, offset, to_end - RECORD.size, KIND_WRAP, 0, self._seq, 0)
             pos += to_end
             offset = 0
         self._seq += 1
-        _RECORD.pack_into(data, offset, body, KIND_MESSAGE, flags, self._seq, targets)
-        at = offset + _RECORD.size
+        RECORD.pack_into(data, offset, body, KIND_MESSAGE, flags, self._seq, targets)
+        at = offset + RECORD.size
         for part in parts:
             if type(part) is bytes:  # most frames (encoded payloads): no view needed
                 n = len(part)
@@ -246,127 +247,7 @@ class RingWriter:
             at += n
         # Before the fence, like the record: a reader that sees the new position sees
         # this too (when its message came, for a reader that slept through it).
-        ring.words[_W_PUBLISHED] = time.perf_counter_ns()
+        ring.words[W_PUBLISHED] = time.perf_counter_ns()
         fence()  # the record's bytes before the position that publishes them
-        ring.words[_W_WRITE] = pos + size
+        ring.words[W_WRITE] = pos + size
         return True
-
-
-class RingReader:
-    """Reader ``index`` of a ring. :meth:`next_message` returns the frames of the next
-    message addressed to this reader (views into the ring, valid until
-    :meth:`release`), skipping records for others; raises :class:`RingCorrupt`."""
-
-    def __init__(self, ring: ShmRing, index: int) -> None:
-        if not 0 <= index < ring.readers:
-            raise ValueError(f"reader index {index} outside 0..{ring.readers - 1}")
-        self.ring = ring
-        self.index = index
-        self.bit = 1 << index
-        self._slot = _W_READ0 + 8 * index
-        self._pos = ring.words[self._slot]
-        self._seq = 0
-        self._chunks: bytearray | None = None  # a chunked message being joined
-
-    def pending(self) -> bool:
-        """Has the writer published anything this reader has not consumed?"""
-        return self.ring.words[_W_WRITE] != self._pos
-
-    def published_s(self) -> float:
-        """When the writer last published a record, in ``time.perf_counter()`` seconds: a
-        reader woken from sleep learns when its message really came (the wake-up's own
-        latency excluded). A hint for timing only, never for correctness."""
-        return self.ring.words[_W_PUBLISHED] / 1e9
-
-    def set_polling(self, lane: int, polling: bool) -> None:
-        """Says whether this reader polls the ring for ``lane`` (the writer then skips its
-        signal). Clearing ends with a fence: look at the ring after it, before sleeping."""
-        self.ring.words[self._slot + _W_POLLING + lane] = int(polling)
-        if not polling:
-            fence()
-
-    def next_lane(self) -> int | None:
-        """Without consuming: None if nothing is waiting; else the lane (0 or 1) of the next
-        record, or -1 if it is not plainly a message for this reader (anyone may read on).
-        Unchecked, so only a hint: the read itself checks everything."""
-        ring = self.ring
-        if ring.words[_W_WRITE] == self._pos:
-            return None
-        fence()
-        _, kind, flags, _, targets = _RECORD.unpack_from(ring.data, self._pos % ring.capacity)
-        if kind != KIND_MESSAGE or not targets & self.bit:
-            return -1
-        return 1 if flags & LANE1 else 0
-
-    def next_message(self) -> list[memoryview] | None:
-        ring = self.ring
-        end = ring.words[_W_WRITE]
-        fence()  # the position before the bytes it publishes
-        if end - self._pos > ring.capacity or end < self._pos:
-            raise RingCorrupt(f"ring write position {end} is not within one ring of read "
-                              f"position {self._pos}")
-        while self._pos != end:
-            offset = self._pos % ring.capacity
-            body, kind, flags, seq, targets = self._header(offset)
-            self._seq = seq
-            wrap = kind == KIND_WRAP
-            self._pos += ring.capacity - offset if wrap else _align(_RECORD.size + body)
-            if wrap or not targets & self.bit:
-                self.release()
-                continue
-            start = offset + _RECORD.size
-            view = ring.data[start:start + body]
-            if flags & ~LANE1 == FIRST | LAST:
-                return self._frames(view)
-            if flags & FIRST:
-                if self._chunks is not None:
-                    raise RingCorrupt("a new chunked message began inside another")
-                self._chunks = bytearray(view)
-            elif self._chunks is None:
-                raise RingCorrupt("a chunk arrived without the first chunk of its message")
-            else:
-                self._chunks += view
-            view.release()
-            self.release()
-            if flags & LAST:
-                whole, self._chunks = self._chunks, None
-                return self._frames(memoryview(whole))
-        return None
-
-    def release(self) -> None:
-        """Hands back everything read so far (frames of the last message included)."""
-        fence()  # finish reading the bytes before the writer may reuse them
-        self.ring.words[self._slot] = self._pos
-
-    def _header(self, offset: int) -> tuple[int, int, int, int, int]:
-        ring = self.ring
-        if offset % LINE:
-            raise RingCorrupt(f"record at unaligned offset {offset}")
-        body, kind, flags, seq, targets = _RECORD.unpack_from(ring.data, offset)
-        if seq != self._seq + 1:
-            raise RingCorrupt(f"record sequence {seq} after {self._seq}")
-        if kind == KIND_WRAP:
-            if offset + _RECORD.size + body != ring.capacity:
-                raise RingCorrupt("a WRAP record that does not reach the end of the ring")
-        elif kind != KIND_MESSAGE or flags & ~LANE1 not in _FLAGS:
-            raise RingCorrupt(f"record of unknown kind {kind} or flags {flags}")
-        elif offset + _RECORD.size + body > ring.capacity or body > ring.max_chunk:
-            raise RingCorrupt(f"record body of {body} bytes overruns the ring")
-        return body, kind, flags, seq, targets
-
-    @staticmethod
-    def _frames(body: memoryview) -> list[memoryview]:
-        if body.nbytes < 4:
-            raise RingCorrupt("message body without a frame count")
-        (count,) = _U32.unpack_from(body, 0)
-        if not 1 <= count <= MAX_FRAMES or body.nbytes < 4 * (count + 1):
-            raise RingCorrupt(f"message body with {count} frames")
-        lengths = struct.unpack_from(f"<{count}I", body, 4)
-        at = 4 * (count + 1)
-        if at + sum(lengths) != body.nbytes:
-            raise RingCorrupt("frame lengths do not add up to the message body")
-        frames = []
-        for n in lengths:
-            frames.append(body[at:at + n])
-            at += n
-        return frames

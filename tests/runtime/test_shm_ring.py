@@ -12,7 +12,8 @@ import pytest
 from actorexec.protocol import ProtocolError
 from actorexec.runtime.transport.shm_fds import MappedRing, close_fds, new_eventfd
 from actorexec.runtime.transport.shm_link import RingReceiver, RingSender
-from actorexec.runtime.transport.shm_ring import RingCorrupt, RingReader, RingWriter
+from actorexec.runtime.transport.shm_ring import RingCorrupt, RingWriter
+from actorexec.runtime.transport.shm_ring_reader import RingReader
 
 CAPACITY = 64 * 64  # 4 KiB: small, so the tests wrap and fill it
 
