@@ -1,6 +1,7 @@
 """PP=2 with async scheduling, through the engine over gloo: pp + 1 = 3 steps in flight
-(the workers' own step timestamps show it), and a rank killed while async steps are in
-flight still fails every stream within a second and leaves nothing behind."""
+(the output rank's own step timestamps, against when the engine sent each step, show
+it), and a rank killed while async steps are in flight still fails every stream within a
+second and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -62,17 +63,27 @@ async def drain(engine: AsyncEngine, i: int, n: int) -> list[int]:
 async def test_three_pp2_steps_are_in_flight_at_once_in_the_workers_own_timestamps(wide_llama):
     async with await AsyncEngine.create(config(wide_llama)) as engine:
         assert engine.executor.max_concurrent_batches == 3
+        sent: dict[int, float] = {}  # step id -> when the engine sent it (same clock)
+        execute_model = engine.executor.execute_model
+
+        def stamped(scheduler_output, *args, **kwargs):
+            sent[scheduler_output.step_id] = time.monotonic()
+            return execute_model(scheduler_output, *args, **kwargs)
+
+        engine.executor.execute_model = stamped
         await drain(engine, 0, 2)                    # warm-up
         await engine.executor.get_step_timeline()    # drop its records
         await asyncio.gather(*(drain(engine, i, 24) for i in range(8)))
         stage0, stage1 = await engine.executor.get_step_timeline()
         assert engine.peak_in_flight == 3
-    first = {t.step_id: t for t in stage0}
     last = {t.step_id: t for t in stage1}
-    # Step k + 2 began on stage 0 before stage 1 (the output rank) had finished step k:
-    # steps k, k + 1 and k + 2 were all sent and unanswered at that moment.
-    three = [k for k in last if k + 2 in first and first[k + 2].start < last[k].end]
-    assert len(three) >= 5, f"only {len(three)} of {len(last)} steps overlapped three deep"
+    assert {t.step_id for t in stage0} == set(last)  # every step ran on both stages
+    # Step k + 2 was sent before stage 1 (the output rank) had finished step k: steps k,
+    # k + 1 and k + 2 were all in the workers' hands at once. (Whether stage 0 had already
+    # started k + 2 then depends on how the two stages share this machine's cores.)
+    three = [k for k in last if k + 2 in sent and sent[k + 2] < last[k].end]
+    assert len(three) >= len(last) // 2, (
+        f"only {len(three)} of {len(last)} steps overlapped three deep")
 
 
 @pytest.mark.timeout(300)
