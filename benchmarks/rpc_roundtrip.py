@@ -239,10 +239,11 @@ def main() -> None:
                     continue
                 key = f"{system}/{workers}w"
                 print(f"rep {rep + 1}/{args.reps}: {key}", flush=True)
-                if system.split("-")[0] in ("shm", "ipc", "tcp"):
+                transport = system.split("-")[0]  # shm-nopace runs over shm
+                if transport in ("shm", "ipc", "tcp"):
                     with _pace_env(system):
-                        result = run(actorexec_run(system.split("-")[0], workers, phases,
-                                                   args.idle_s), use_uvloop=args.uvloop)
+                        result = run(actorexec_run(transport, workers, phases, args.idle_s),
+                                     use_uvloop=args.uvloop)
                 elif system == "vllm":
                     result = vllm_run(workers, phases, args.idle_s)
                 else:

@@ -172,16 +172,15 @@ class WorkThread:
 
     def _sleep_until(self, when: float, watch: _Watch) -> bool:
         """Sleeps until ``when`` (``time.perf_counter()``) unless a job or a message comes
-        first (True). ``select`` for its microsecond timeout (``poll`` and ``epoll`` round
-        up to milliseconds); a signal left from a message already taken (one published
-        while the thread was still polling) is drained and slept through. Learns how late
-        the sleep ends."""
+        first (True). ``select`` for its microsecond timeout (``poll`` and ``epoll`` take
+        milliseconds; with an fd beyond select's limit there is no paced sleep). A signal
+        left from a message already taken (one published while the thread was still
+        polling) is drained and slept through. Learns how late the sleep ends."""
         fds = [self._wake, watch.fd]
+        if max(fds) >= _SELECT_LIMIT:
+            return False  # select() cannot watch it, and poll's milliseconds are too coarse
         while (delay := when - time.perf_counter()) > 0:
-            if max(fds) >= _SELECT_LIMIT:  # select() cannot watch it: a plain timed poll
-                ready = [fd for fd, _ in _poll_ms(fds, int(delay * 1000))]
-            else:
-                ready = select.select(fds, [], [], delay)[0]
+            ready = select.select(fds, [], [], delay)[0]
             if not ready:
                 self._learn_lateness(time.perf_counter() - when)
                 self.paced_wakes += 1
@@ -240,12 +239,6 @@ _SELECT_LIMIT = 1024  # FD_SETSIZE
 # A timed sleep on an idle vCPU ends this late (timer slack, the wake-up); learnt per thread.
 _LATE_START_S, _LATE_MAX_S = 50e-6, 300e-6
 
-
-def _poll_ms(fds: list[int], ms: int) -> list[tuple[int, int]]:
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    return poller.poll(ms)
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

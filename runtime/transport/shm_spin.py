@@ -18,12 +18,13 @@ work thread then sets a timer for just before it (:meth:`AdaptiveSpin.wake_at`)
 and, woken by it, sleeps again on the eventfd: it does not poll. What that
 buys: after 5 ms of sleep an idle vCPU of a GPU host is halted, and the
 message's wake-up pays for bringing it back (55-174 µs, measured); woken
-ahead by its own timer, the core is back in its shallow idle when the message
-comes, and the eventfd wakes it in a few µs (on bare metal, the deep C-state's
-exit is paid ahead the same way). The cost is one timer wake per message, no
-polling: the worker's CPU at a step every 5 ms was lower with it than without
-(``docs/runtime.md``). The timer is set only when the last waits agree to
-within ``PACE_SPREAD_S``, so there is none without a rhythm or without traffic.
+ahead by its own timer, the core has been running just before the message
+comes, and the eventfd's wake-up costs less (on bare metal, the deep
+C-state's exit is paid ahead the same way). The cost is one timer wake per
+message, no polling: the worker's CPU at a step every 5 ms stayed within a
+point of a core of what it is without (``docs/runtime.md`` has the figures).
+The timer is set only when the last waits agree to within ``PACE_SPREAD_S``,
+so there is none without a rhythm or without traffic.
 Arrivals are taken from the ring's publish time, not from when a sleeping
 reader woke, so the prediction does not drift late by the wake-up it exists to
 hide. ``ACTOREXEC_SHM_PACE=0`` turns it off.
