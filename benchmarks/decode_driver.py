@@ -93,7 +93,7 @@ class RequestGroup:
     def absorb(self, out: ModelRunnerOutput) -> int:
         """Record sampled tokens; returns how many were sampled."""
         n = 0
-        for rid, toks in zip(out.req_ids, out.sampled_token_ids, strict=True):
+        for rid, toks in zip(out.req_ids, out.sampled_lists(), strict=True):
             self.tokens[rid].extend(toks)
             self.pending[rid].extend(toks)
             n += len(toks)

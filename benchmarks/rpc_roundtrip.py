@@ -14,12 +14,16 @@ and over ZeroMQ ipc (the previous default), with the test ``EchoWorker`` (the
 real Worker, no model; every rank answers a step, the output rank with the
 output); vLLM's ``shm_broadcast.MessageQueue`` wired as vLLM's multiprocess
 executor wires it (``vllm_mq_baseline.py``; only the output rank answers a
-step), when vLLM imports; and a raw pyzmq DEALER/ROUTER echo of the same bytes
-between two processes (1 worker only). Repetitions are interleaved; the table
-shows the median of the per-run medians.
+step), when vLLM imports: ``vllm`` carries the step and the output as vLLM
+0.33 lays them out (per-request Python lists and dicts, pickled), ``vllm-same``
+carries actorexec's own objects (int32 columns, pickled), so that the
+transports alone are compared; and a raw pyzmq DEALER/ROUTER echo of
+actorexec's encoded step between two processes (1 worker only). Ratios are
+against ``vllm``. Repetitions are interleaved; the table shows the median of
+the per-run medians.
 
 Usage: python benchmarks/rpc_roundtrip.py [--reps 3] [--iters 2000] [--gap-iters 300]
-       [--long-gap-iters 8] [--systems shm,ipc,vllm,zmq] [--uvloop] [--out PATH]
+       [--long-gap-iters 8] [--systems shm,ipc,vllm,vllm-same,zmq] [--uvloop] [--out PATH]
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from actorexec.actors.executor import Executor
 from actorexec.protocol import (
-    CachedRequestData,
     Config,
     ModelConfig,
     ParallelConfig,
@@ -59,11 +62,11 @@ Phase = tuple[str, int, float]  # name, calls, gap between calls (s)
 
 def decode_step(n: int = 256) -> SchedulerOutput:
     ids = [f"req-{i}" for i in range(n)]
-    cached = CachedRequestData(req_ids=ids, new_token_ids=[[i] for i in range(n)],
-                               new_block_ids=[[]] * n,
-                               num_computed_tokens=[100 + i for i in range(n)])
-    return SchedulerOutput(step_id=1, scheduled_cached_reqs=cached,
-                           num_scheduled_tokens=dict.fromkeys(ids, 1))
+    so = SchedulerOutput(step_id=1)
+    for i, req_id in enumerate(ids):
+        so.add_cached(req_id, num_computed_tokens=100 + i, num_scheduled_tokens=1,
+                      new_token_ids=[i])
+    return so
 
 
 class CpuMeter:
@@ -154,11 +157,12 @@ async def actorexec_run(transport: str, workers: int, phases: list[Phase],
         return await run_phases_async(calls, meter, phases, idle_s)
 
 
-def vllm_run(workers: int, phases: list[Phase], idle_s: float) -> dict[str, dict[str, float]]:
-    from vllm_mq_baseline import VllmQueueHarness
+def vllm_run(workers: int, phases: list[Phase], idle_s: float,
+             same_objects: bool) -> dict[str, dict[str, float]]:
+    from vllm_mq_baseline import VllmQueueHarness, vllm_decode_step
 
     harness = VllmQueueHarness(workers)
-    so = decode_step()
+    so = decode_step() if same_objects else vllm_decode_step()
     try:
         meter = CpuMeter(harness.pids)
         calls = {"step": lambda: harness.call("execute_model", (so,), 0),
@@ -213,7 +217,7 @@ def main() -> None:
     parser.add_argument("--long-gap-iters", type=int, default=8)
     parser.add_argument("--idle-s", type=float, default=2.0)
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--systems", default="shm,ipc,vllm,zmq")
+    parser.add_argument("--systems", default="shm,ipc,vllm,vllm-same,zmq")
     parser.add_argument("--uvloop", action="store_true", help="actorexec's driver on uvloop")
     parser.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
         os.path.dirname(__file__), "results",
@@ -228,9 +232,9 @@ def main() -> None:
         phases.insert(2, ("gap1200ms", args.long_gap_iters, 1.2))
     systems = args.systems.split(",")
     vllm_version = vllm_available()
-    if "vllm" in systems and vllm_version is None:
+    if vllm_version is None and {"vllm", "vllm-same"} & set(systems):
         print("vLLM's MessageQueue does not import here: no vLLM baseline in this run")
-        systems.remove("vllm")
+        systems = [s for s in systems if not s.startswith("vllm")]
     runs: dict[str, list[dict[str, Any]]] = {}
     for rep in range(args.reps):
         for workers in map(int, args.workers.split(",")):
@@ -244,8 +248,8 @@ def main() -> None:
                     with _pace_env(system):
                         result = run(actorexec_run(transport, workers, phases, args.idle_s),
                                      use_uvloop=args.uvloop)
-                elif system == "vllm":
-                    result = vllm_run(workers, phases, args.idle_s)
+                elif system.startswith("vllm"):
+                    result = vllm_run(workers, phases, args.idle_s, system == "vllm-same")
                 else:
                     result = zmq_run(phases, args.idle_s)
                 runs.setdefault(key, []).append(result)

@@ -94,9 +94,9 @@ class PlainRayWorker:
         so = self.decoder.decode(payload)
         if self.rank != 0:
             return None
-        req_ids = list(so.num_scheduled_tokens)
-        return msgspec.msgpack.encode(ModelRunnerOutput(
-            step_id=so.step_id, req_ids=req_ids, sampled_token_ids=[[so.step_id]] * len(req_ids)))
+        req_ids = so.req_ids
+        return msgspec.msgpack.encode(ModelRunnerOutput.from_lists(
+            so.step_id, req_ids, [[so.step_id]] * len(req_ids)))
 
 
 async def bench_plain_ray(workers: int, iters: int) -> dict[str, dict[str, float]]:

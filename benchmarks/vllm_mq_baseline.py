@@ -7,15 +7,118 @@ every worker (``MessageQueue(n, n)``), one response queue per worker
 (``MessageQueue(1, 1)``), handles exchanged at start-up, and each worker in
 vLLM's ``worker_busy_loop``: dequeue ``(method, args, kwargs, output_rank)``,
 run it, enqueue ``(status, output)`` if it is the output rank (or every rank
-answers when ``output_rank`` is None). Payloads are actorexec's own
-``SchedulerOutput`` and ``ModelRunnerOutput`` (vLLM pickles them), so both
-sides carry the same objects.
+answers when ``output_rank`` is None).
+
+Payloads (vLLM pickles them): ``vllm_decode_step`` builds the 256-request
+decode step the way vLLM 0.33's scheduler does, and the worker answers with
+vLLM's ``ModelRunnerOutput`` layout (``VllmSchedulerOutput``,
+``VllmCachedRequestData``, ``VllmModelRunnerOutput``: dataclasses with the
+fields of ``vllm.v1.core.sched.output`` and ``vllm.v1.outputs``, which do not
+import without vLLM's compiled parts; pickle carries a dataclass as its
+``__dict__``, so the bytes and the work are those of the real classes). Given
+actorexec's own ``SchedulerOutput`` instead, the worker answers with
+actorexec's ``ModelRunnerOutput``: the same objects on both sides, the
+transport alone compared.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass
+class VllmCachedRequestData:
+    """vLLM 0.33's ``CachedRequestData`` fields (one list entry per running request)."""
+
+    req_ids: list[str]
+    resumed_req_ids: set[str]
+    new_token_ids: list[list[int]]   # empty unless pipeline parallel without async scheduling
+    all_token_ids: dict[str, list[int]]
+    new_block_ids: list[tuple[list[int], ...] | None]  # None: no new block this step
+    num_computed_tokens: list[int]
+    num_output_tokens: list[int]
+
+
+@dataclass
+class VllmSchedulerOutput:
+    """vLLM 0.33's ``SchedulerOutput`` fields, with the defaults a plain decode step has."""
+
+    scheduled_new_reqs: list[Any]
+    scheduled_cached_reqs: VllmCachedRequestData
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    scheduled_spec_decode_tokens: dict[str, list[int]]
+    scheduled_encoder_inputs: dict[str, list[int]]
+    finished_req_ids: set[str]
+    free_encoder_mm_hashes: list[str]
+    encoder_input_updates: dict[str, Any] = field(default_factory=dict)
+    scheduled_encoder_input_stats: Any = None
+    preempted_req_ids: set[str] | None = None
+    has_structured_output_requests: bool = False
+    pending_structured_output_tokens: bool = False
+    num_invalid_spec_tokens: dict[str, int] | None = None
+    kv_connector_metadata: Any = None
+    has_sync_kv_loads: bool = False
+    aux_output_connector_metadata: Any = None
+    ec_connector_metadata: Any = None
+    ec_manager_metadata: Any = None
+    new_block_ids_to_zero: list[int] | None = None
+    kv_cache_block_copies: list[Any] | None = None
+    kv_connector_block_state: Any = None
+    num_spec_tokens_to_schedule: int = 0
+    num_common_prefix_blocks: list[int] = field(default_factory=list)
+    skip_drafts: bool = False
+
+
+@dataclass
+class VllmModelRunnerOutput:
+    """vLLM 0.33's ``ModelRunnerOutput`` fields (sampled ids one list per request)."""
+
+    req_ids: list[str]
+    req_id_to_index: dict[str, int]
+    sampled_token_ids: list[list[int]] = field(default_factory=list)
+    logprobs: Any = None
+    prompt_logprobs_dict: dict[str, Any] = field(default_factory=dict)
+    prompt_token_id_logprobs_dict: dict[str, Any] = field(default_factory=dict)
+    pooler_output: list[Any] | None = None
+    kv_connector_output: Any = None
+    ec_connector_output: Any = None
+    num_nans_in_logits: dict[str, int] | None = None
+    cudagraph_stats: Any = None
+    aux_output_connector_output: dict[str, Any] | None = None
+    sampling_masks: Any = None
+
+
+def vllm_decode_step(n: int = 256, step: int = 1) -> VllmSchedulerOutput:
+    """A decode step of ``n`` running requests as vLLM 0.33's scheduler builds it (one
+    GPU, no pipeline parallelism: the runner keeps sampled tokens, none are sent)."""
+    ids = [f"req-{i}" for i in range(n)]
+    cached = VllmCachedRequestData(
+        req_ids=ids, resumed_req_ids=set(), new_token_ids=[], all_token_ids={},
+        new_block_ids=[None] * n, num_computed_tokens=[100 + i for i in range(n)],
+        num_output_tokens=[step + i % 7 for i in range(n)])
+    return VllmSchedulerOutput(
+        scheduled_new_reqs=[], scheduled_cached_reqs=cached,
+        num_scheduled_tokens=dict.fromkeys(ids, 1), total_num_scheduled_tokens=n,
+        scheduled_spec_decode_tokens={}, scheduled_encoder_inputs={}, finished_req_ids=set(),
+        free_encoder_mm_hashes=[], num_common_prefix_blocks=[0])
+
+
+def _echo_output(so: Any) -> Any:
+    """The reply to ``so``: the step id as each request's token, in ``so``'s own layout."""
+    from actorexec.protocol import ModelRunnerOutput
+    from actorexec.protocol.columns import pack_int32
+
+    if isinstance(so, VllmSchedulerOutput):
+        req_ids = list(so.num_scheduled_tokens)
+        return VllmModelRunnerOutput(req_ids=req_ids,
+                                     req_id_to_index={r: i for i, r in enumerate(req_ids)},
+                                     sampled_token_ids=[[1]] * len(req_ids))
+    req_ids = so.req_ids  # as EchoRunner builds it
+    return ModelRunnerOutput(step_id=so.step_id, req_ids=req_ids,
+                             sampled_token_ids=pack_int32([so.step_id] * len(req_ids)))
 
 
 def vllm_available() -> str | None:
@@ -31,8 +134,6 @@ def vllm_available() -> str | None:
 def _worker(handle: Any, rank: int, conn: Any) -> None:
     from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
 
-    from actorexec.protocol import ModelRunnerOutput
-
     calls = MessageQueue.create_from_handle(handle, rank)
     replies = MessageQueue(1, 1)
     conn.send(replies.export_handle())
@@ -44,10 +145,7 @@ def _worker(handle: Any, rank: int, conn: Any) -> None:
             break
         output = None
         if method == "execute_model" and rank == (output_rank or 0):
-            so = args[0]  # as EchoRunner: the step id as each request's token
-            req_ids = list(so.num_scheduled_tokens)
-            output = ModelRunnerOutput(step_id=so.step_id, req_ids=req_ids,
-                                       sampled_token_ids=[[so.step_id]] * len(req_ids))
+            output = _echo_output(args[0])  # as EchoRunner
         if output_rank is None or rank == output_rank:
             replies.enqueue((0, output))
 

@@ -42,7 +42,7 @@ async def main(model: str, backend: str, steps: int) -> None:
         step.add_new(NewRequestData(req_id="r0", prompt_token_ids=prompt, block_ids=blocks,
                                     sampling_params=greedy), num_scheduled_tokens=len(prompt))
         out = await executor.execute_model(step)
-        tokens = out.sampled_token_ids[0]
+        tokens = out.sampled_lists()[0]
         print(f"step 0 (prefill {len(prompt)} tokens) -> {tokens}")
 
         # Decode steps: one token each, sending back the token sampled last step.
@@ -54,8 +54,8 @@ async def main(model: str, backend: str, steps: int) -> None:
             step.add_cached("r0", num_computed_tokens=num_computed, num_scheduled_tokens=1,
                             new_token_ids=tokens[-1:], new_block_ids=new_blocks)
             out = await executor.execute_model(step)
-            tokens += out.sampled_token_ids[0]
-            print(f"step {step_id} (decode, blocks {blocks}) -> {out.sampled_token_ids[0]}")
+            tokens += out.sampled_lists()[0]
+            print(f"step {step_id} (decode, blocks {blocks}) -> {out.sampled_lists()[0]}")
 
         # Tell the runner to forget r0 (an empty step that only carries finished ids).
         await executor.execute_model(SchedulerOutput(step_id=steps, finished_req_ids=["r0"]))

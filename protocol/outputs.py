@@ -8,10 +8,12 @@ the model computed (logprobs, even NaN) are passed on as they are.
 from __future__ import annotations
 
 import math
+from itertools import chain
 
 import msgspec
 
 from .checks import INT32_MAX
+from .columns import int32s, pack_int32, split_ragged
 
 
 class TokenLogprobs(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -33,28 +35,66 @@ class TokenLogprobs(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fi
 
 class ModelRunnerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
                         forbid_unknown_fields=True):
-    """Token ids sampled this step, one list per scheduled request (in ``req_ids`` order).
+    """Token ids sampled this step, per scheduled request (in ``req_ids`` order), as
+    int32 columns (``columns.py``): ``num_sampled[i]`` of the flat
+    ``sampled_token_ids`` are request ``i``'s, after request ``i - 1``'s. An
+    empty ``num_sampled`` means one token per request (every decode step), so
+    that case carries and checks no counts.
 
-    A request still in chunked prefill gets an empty list. ``logprobs`` holds
-    an entry for each request that asked for them and sampled a token.
+    A request still in chunked prefill samples 0 tokens. ``logprobs`` holds an
+    entry for each request that asked for them and sampled a token. Build one
+    from Python lists with ``from_lists``; read it with ``sampled_lists`` or
+    ``tokens_by_request``.
     """
 
     step_id: int = 0
     req_ids: list[str] = []
-    sampled_token_ids: list[list[int]] = []
+    num_sampled: bytes = b""
+    sampled_token_ids: bytes = b""
     logprobs: dict[str, list[TokenLogprobs]] = {}
 
     def __post_init__(self) -> None:
-        # Cheap (no per-token work): a reply that does not line up fails here, typed,
-        # instead of inside the engine's bookkeeping.
-        if len(self.req_ids) != len(self.sampled_token_ids):
-            raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids but "
-                              f"{len(self.sampled_token_ids)} sampled token lists")
+        # Cheap (no per-token work in the one-token-each case): a reply that does not line
+        # up fails here, typed, instead of inside the engine's bookkeeping.
+        if type(self.num_sampled) is not bytes or type(self.sampled_token_ids) is not bytes:
+            raise ValueError("ModelRunnerOutput.num_sampled and sampled_token_ids are int32 "
+                             "columns (bytes); build an output from lists with "
+                             "ModelRunnerOutput.from_lists")
+        tokens = int32s(self.sampled_token_ids)
+        if self.num_sampled:
+            counts = int32s(self.num_sampled)
+            if len(counts) != len(self.req_ids):
+                raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids but "
+                                 f"{len(counts)} sampled counts")
+            if min(counts) < 0 or sum(counts) != len(tokens):
+                raise ValueError(f"ModelRunnerOutput's counts (smallest {min(counts)}) do not "
+                                 f"add up to the {len(tokens)} sampled tokens")
+        elif len(tokens) != len(self.req_ids):
+            raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids and no "
+                             f"counts (one token each) but {len(tokens)} sampled tokens")
         if self.logprobs and not self.logprobs.keys() <= set(self.req_ids):
             raise ValueError("ModelRunnerOutput.logprobs names requests not in req_ids")
 
+    @classmethod
+    def from_lists(cls, step_id: int, req_ids: list[str], sampled_token_ids: list[list[int]],
+                   logprobs: dict[str, list[TokenLogprobs]] | None = None) -> ModelRunnerOutput:
+        """The output with request ``req_ids[i]``'s tokens ``sampled_token_ids[i]``."""
+        counts = list(map(len, sampled_token_ids))
+        one_each = counts.count(1) == len(counts)
+        return cls(step_id=step_id, req_ids=req_ids,
+                   num_sampled=b"" if one_each else pack_int32(counts),
+                   sampled_token_ids=pack_int32(list(chain.from_iterable(sampled_token_ids))),
+                   logprobs=logprobs or {})
+
+    def sampled_lists(self) -> list[list[int]]:
+        """Each request's sampled token ids, in ``req_ids`` order."""
+        tokens = int32s(self.sampled_token_ids)
+        if not self.num_sampled:
+            return [[t] for t in tokens.tolist()]
+        return split_ragged(int32s(self.num_sampled), tokens)
+
     def tokens_by_request(self) -> dict[str, list[int]]:
-        return dict(zip(self.req_ids, self.sampled_token_ids, strict=True))
+        return dict(zip(self.req_ids, self.sampled_lists(), strict=True))
 
 
 class StepTiming(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):

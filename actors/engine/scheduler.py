@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from actorexec.protocol import (
+    CachedRequestData,
     InvalidRequestError,
     ModelRunnerOutput,
     NewRequestData,
@@ -277,6 +278,13 @@ class Scheduler:
     def _build_output(self, order: list[Request], scheduled: dict[str, int]) -> SchedulerOutput:
         out = SchedulerOutput(step_id=self._step_id, finished_req_ids=self._to_drop)
         sampling: list[Request] = []
+        # Cached requests' diffs, one entry each, packed into columns at the end.
+        ids: list[str] = []
+        starts: list[int] = []
+        counts: list[int] = []
+        tokens: list[list[int]] = []
+        blocks: list[list[int]] = []
+        device: list[int] = []
         for req in order:
             total = req.num_tokens_with_placeholders
             if not req.known_to_runner:   # never in flight: the host knows all its tokens
@@ -290,12 +298,12 @@ class Scheduler:
                 # sampled token whose value is still on the device.
                 sent, known, prompt = (req.num_sent_tokens, req.num_tokens,
                                        len(req.prompt_token_ids))
-                out.add_cached(req.req_id, num_computed_tokens=req.num_computed_tokens,
-                               num_scheduled_tokens=scheduled[req.req_id],
-                               new_token_ids=req.output_token_ids[sent - prompt:known - prompt],
-                               new_block_ids=req.block_ids[req.num_sent_blocks:],
-                               num_device_tokens=total - max(sent, known))
-                self.num_device_tokens += total - max(sent, known)
+                ids.append(req.req_id)
+                starts.append(req.num_computed_tokens)
+                counts.append(scheduled[req.req_id])
+                tokens.append(req.output_token_ids[sent - prompt:known - prompt])
+                blocks.append(req.block_ids[req.num_sent_blocks:])
+                device.append(total - max(sent, known))
             req.num_sent_tokens = total
             req.num_sent_blocks = len(req.block_ids)
             req.num_computed_tokens += scheduled[req.req_id]
@@ -304,6 +312,10 @@ class Scheduler:
                 sampling.append(req)
             req.num_in_flight += 1
             req.last_step_id = self._step_id
+        num_device = sum(device)
+        self.num_device_tokens += num_device
+        out.scheduled_cached_reqs = CachedRequestData.from_lists(
+            ids, starts, counts, tokens, blocks, device if num_device else None)
         self._sampling[self._step_id] = sampling
         self._to_drop = []
         self._step_id += 1
@@ -324,7 +336,7 @@ class Scheduler:
         for req in self._sampling.pop(step.step_id, ()):
             req.num_output_placeholders -= 1
         updates: list[tuple[Request, list[int]]] = []
-        for req_id in step.num_scheduled_tokens:
+        for req_id in step.req_ids:
             req = self.requests.get(req_id)
             if req is None:
                 continue

@@ -293,9 +293,8 @@ class ModelRunner:
         no row samples."""
         rows = [i for i, s in enumerate(inputs.samples) if s]
         if not rows:
-            return PendingOutput.ready(ModelRunnerOutput(
-                step_id=step_id, req_ids=inputs.req_ids,
-                sampled_token_ids=[[] for _ in inputs.req_ids])), None
+            return PendingOutput.ready(ModelRunnerOutput.from_lists(
+                step_id, inputs.req_ids, [[] for _ in inputs.req_ids])), None
         states = [self.requests[r] for r in inputs.req_ids]
         tensors = gather_sampling_tensors(self.rows, inputs, states, self.hf_config,
                                           self.copy_stream)

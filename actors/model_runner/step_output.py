@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from actorexec.protocol.columns import pack_int32
 from actorexec.protocol.outputs import ModelRunnerOutput, TokenLogprobs
 
 
@@ -52,13 +53,18 @@ class PendingOutput:
         """The output (waits for the copy if it is still running)."""
         if self._result is None:
             self.wait()
-            sampled: list[list[int]] = [[] for _ in self.req_ids]
-            if self.host_tokens is not None:
-                values = self.host_tokens.tolist()
+            num_reqs = len(self.req_ids)
+            values = self.host_tokens.tolist() if self.host_tokens is not None else []
+            counts = b""  # every row sampled (a decode step): no counts are sent
+            if len(self.sample_rows) < num_reqs:
+                sampled = [0] * num_reqs
                 for row in self.sample_rows:
-                    sampled[row] = [values[row]]
+                    sampled[row] = 1
+                counts = pack_int32(sampled)
+                values = [values[row] for row in self.sample_rows]  # ascending rows
             self._result = ModelRunnerOutput(
-                step_id=self.step_id, req_ids=self.req_ids, sampled_token_ids=sampled,
+                step_id=self.step_id, req_ids=self.req_ids, num_sampled=counts,
+                sampled_token_ids=pack_int32(values[:num_reqs]),
                 logprobs=self._logprobs() if self._logprobs is not None else {})
         return self._result
 

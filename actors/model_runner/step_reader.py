@@ -7,8 +7,9 @@ step raises ``InvalidRequestError`` and leaves every request exactly as it
 was; the runner keeps serving the others. ``apply_step`` walks the same
 records to update the states; nothing else interprets the diff.
 
-Cost: one pass over the step's ids; token ids are range-checked one by one
-(a prompt's worth at its first step, about one per request per decode step).
+Cost: one pass over the step's ids. Cached requests' columns are checked whole
+(lengths, sums, one min/max per flat column); a new request's prompt is
+range-checked token by token at its first step.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from actorexec.actors.model_runner.request_state import CachedRequestState
+from actorexec.protocol.columns import int32s
 from actorexec.protocol.errors import InvalidRequestError
 from actorexec.protocol.sampling import SamplingParams
 from actorexec.protocol.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
@@ -144,11 +146,11 @@ def _record(req_id: str, new: NewRequestData | None, tokens: list[int], blocks: 
 
 
 def _read_new(new: object, states: Mapping[str, CachedRequestState], finished: set[str],
-              limits: RunnerLimits, count: Callable[[object], int]) -> RequestStep:
+              limits: RunnerLimits, count: Callable[[object, object], int]) -> RequestStep:
     if not isinstance(new, NewRequestData):
         raise _fail(f"scheduled_new_reqs holds a {type(new).__name__}, not NewRequestData")
     req_id = new.req_id
-    num_scheduled = count(req_id)
+    num_scheduled = count(req_id, new.num_scheduled_tokens)
     if req_id in states and req_id not in finished:
         raise _fail(f"request {req_id!r} is added but already exists")
     vocab = limits.vocab_size
@@ -169,19 +171,19 @@ def _read_new(new: object, states: Mapping[str, CachedRequestState], finished: s
                    num_scheduled, len(prompt) + len(output), len(blocks), limits)
 
 
-def _check_device_tokens(req_id: str, num_device: object, tokens: list[int],
+def _check_device_tokens(req_id: str, num_device: int, gains_host_tokens: bool,
                          state: CachedRequestState, limits: RunnerLimits) -> int:
     """A request may take in only the one token its latest step sampled, and only as the
     sole token it gains (host values before it would leave it at the wrong position)."""
     if num_device == 0:
         return 0
-    if type(num_device) is not int or num_device != 1:
+    if num_device != 1:
         raise _fail(f"request {req_id!r}: num_device_tokens={num_device!r}; a step adds at "
                     "most the one token the request's previous step sampled")
     if not limits.accepts_device_tokens:
         raise _fail(f"request {req_id!r}: a device token needs async scheduling "
                     "(SchedulerConfig.async_scheduling), which these runners have off")
-    if tokens:
+    if gains_host_tokens:
         raise _fail(f"request {req_id!r} gains host tokens and a device token in one step")
     if not state.has_device_sample:
         raise _fail(f"request {req_id!r}: a device token is added but its latest step "
@@ -189,29 +191,79 @@ def _check_device_tokens(req_id: str, num_device: object, tokens: list[int],
     return 1
 
 
+class _CachedColumns(NamedTuple):
+    """A CachedRequestData's columns as int32 views, checked to line up."""
+
+    starts: memoryview
+    counts: memoryview
+    num_tokens: memoryview
+    tokens: memoryview
+    num_blocks: memoryview
+    blocks: memoryview
+    device: memoryview | list[int]
+
+
+def _columns(c: CachedRequestData) -> _CachedColumns:
+    try:
+        cols = [int32s(col) for col in (c.num_computed_tokens, c.num_scheduled_tokens,
+                                         c.num_new_tokens, c.new_token_ids, c.num_new_blocks,
+                                         c.new_block_ids, c.num_device_tokens)]
+    except (TypeError, ValueError) as exc:  # not bytes, or not whole int32s
+        raise _fail(f"CachedRequestData columns must be int32 bytes: {exc}") from None
+    starts, counts, num_tokens, tokens, num_blocks, blocks, device = cols
+    n = c.num_reqs
+    if type(c.req_ids) is not list or any(len(x) != n for x in (starts, counts, num_tokens,
+                                                                num_blocks)) or (
+            device and len(device) != n):
+        raise _fail("CachedRequestData columns differ in length from req_ids")
+    for what, per_req, flat in (("tokens", num_tokens, tokens), ("blocks", num_blocks, blocks)):
+        if (per_req and min(per_req) < 0) or sum(per_req) != len(flat):
+            raise _fail(f"CachedRequestData: the per-request new {what} counts do not add up "
+                        f"to the {len(flat)} new {what} sent")
+    return _CachedColumns(starts, counts, num_tokens, tokens, num_blocks, blocks,
+                          device or [0] * n)
+
+
+def _check_range(what: str, flat: memoryview, per_req: memoryview, req_ids: list[str],
+                 limit: int, where: str) -> None:
+    """Every value of the flat column in ``[0, limit)``: two C-speed passes; the request
+    named only on failure."""
+    if flat and (min(flat) < 0 or max(flat) >= limit):
+        end = 0
+        for req_id, n in zip(req_ids, per_req, strict=True):
+            end += n
+            _check_ids(req_id, what, flat[end - n:end].tolist(), limit, where)
+
+
 def _read_cached(c: CachedRequestData, states: Mapping[str, CachedRequestState],
-                 finished: set[str], limits: RunnerLimits, count: Callable[[object], int]
+                 finished: set[str], limits: RunnerLimits, count: Callable[[object, object], int]
                  ) -> Iterator[RequestStep]:
-    vocab, num_blocks = limits.vocab_size, limits.num_blocks
-    device_counts = c.num_device_tokens or [0] * c.num_reqs  # empty: none this step
-    for req_id, tokens, blocks, start, device in zip(c.req_ids, c.new_token_ids,
-                                                     c.new_block_ids, c.num_computed_tokens,
-                                                     device_counts, strict=True):
-        num_scheduled = count(req_id)
+    cols = _columns(c)
+    _check_range("new token ids", cols.tokens, cols.num_tokens, c.req_ids, limits.vocab_size,
+                 VOCAB)
+    _check_range("block ids", cols.blocks, cols.num_blocks, c.req_ids, limits.num_blocks, CACHE)
+    token_end = block_end = 0
+    for req_id, start, scheduled, n_tokens, n_blocks, device in zip(
+            c.req_ids, cols.starts, cols.counts, cols.num_tokens, cols.num_blocks,
+            cols.device, strict=True):
+        num_scheduled = count(req_id, scheduled)
         state = states.get(req_id)
         if state is None or req_id in finished:
             raise _fail(f"unknown request {req_id!r} (never added or finished)")
-        _check_ids(req_id, "new token ids", tokens, vocab, VOCAB)
-        _check_ids(req_id, "block ids", blocks, num_blocks, CACHE)
-        num_device = _check_device_tokens(req_id, device, tokens, state, limits)
+        num_device = _check_device_tokens(req_id, device, n_tokens > 0, state, limits)
         expected = state.next_start
-        if start != expected or type(start) is not int:
+        if start != expected:
             raise _fail(f"request {req_id!r}: num_computed_tokens={start!r} but its steps so "
                         f"far ran tokens [0, {expected}): a step must start where the last "
                         "ended")
+        # Decode steps gain 0 or 1 token and usually no block: no slice for those.
+        tokens = cols.tokens[token_end:token_end + n_tokens].tolist() if n_tokens else []
+        blocks = cols.blocks[block_end:block_end + n_blocks].tolist() if n_blocks else []
+        token_end += n_tokens
+        block_end += n_blocks
         yield _record(req_id, None, tokens, blocks, start, num_scheduled,
-                      state.num_tokens + len(tokens) + num_device,
-                      len(state.block_ids) + len(blocks), limits, num_device)
+                      state.num_tokens + n_tokens + num_device,
+                      len(state.block_ids) + n_blocks, limits, num_device)
 
 
 def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
@@ -222,23 +274,17 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
         raise _fail(f"execute_model takes a SchedulerOutput, got {type(so).__name__}")
     step_id = _check_int("step_id", so.step_id, -(2**63), 2**63 - 1)
     finished = {_check_req_id(r) for r in so.finished_req_ids}
-    counts = so.num_scheduled_tokens
-    if type(counts) is not dict:
-        raise _fail("num_scheduled_tokens must be a dict of request id -> token count")
     c = so.scheduled_cached_reqs
-    if any(len(x) != c.num_reqs for x in (c.new_token_ids, c.new_block_ids,
-                                           c.num_computed_tokens)) or (
-            c.num_device_tokens and len(c.num_device_tokens) != c.num_reqs):
-        raise _fail("CachedRequestData lists differ in length")
+    if not isinstance(c, CachedRequestData):
+        raise _fail(f"scheduled_cached_reqs is a {type(c).__name__}, not CachedRequestData")
     seen: set[str] = set()
 
-    def count(req_id: object) -> int:
+    def count(req_id: object, num: object) -> int:
         """The request's scheduled token count; each request is in a step once."""
         req_id = _check_req_id(req_id)
         if req_id in seen:
             raise _fail(f"request {req_id!r} appears twice in one step")
         seen.add(req_id)
-        num = counts.get(req_id, 0)
         if type(num) is not int or num < 1:
             raise _fail(f"request {req_id!r} is in the step with no tokens "
                         f"(num_scheduled_tokens={num!r})")
@@ -246,10 +292,6 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
 
     records = [_read_new(new, states, finished, limits, count) for new in so.scheduled_new_reqs]
     records += _read_cached(c, states, finished, limits, count)
-    if len(counts) != len(records):
-        unknown = sorted(str(r) for r in counts.keys() - seen)
-        raise _fail(f"tokens scheduled for requests {unknown} that are neither new nor cached "
-                    "in this step")
     _check_blocks_unshared(records)
     total = sum(r.num_scheduled_tokens for r in records)
     if total > limits.max_num_tokens or len(records) > limits.max_num_reqs:

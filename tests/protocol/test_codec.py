@@ -74,8 +74,8 @@ def test_method_args_decode_typed_and_strict() -> None:
 
 def test_results_decode_into_their_declared_type() -> None:
     spec = build_method_specs(Target, ["execute_model"])["execute_model"]
-    out = ModelRunnerOutput(step_id=1, req_ids=["a"], sampled_token_ids=[[5]],
-                            logprobs={"a": [TokenLogprobs([5, 6], [-0.1, -2.0], 1)]})
+    out = ModelRunnerOutput.from_lists(1, ["a", "b"], [[5], []],
+                                       {"a": [TokenLogprobs([5, 6], [-0.1, -2.0], 1)]})
     decoded = spec.result_decoder.decode(PayloadEncoder().encode(out))
     assert isinstance(decoded, ModelRunnerOutput) and decoded == out
 

@@ -24,7 +24,7 @@ CODEC = EnvelopeCodec()
 
 
 def _step(**extra_sampling: object) -> dict:
-    step = msgspec.to_builtins(a_scheduler_output())
+    step = msgspec.to_builtins(a_scheduler_output(), builtin_types=(bytes, bytearray))
     step["scheduled_new_reqs"][0]["sampling_params"].update(extra_sampling)
     return step
 

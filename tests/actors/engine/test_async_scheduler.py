@@ -21,6 +21,7 @@ from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.step_reader import RunnerLimits, apply_step, read_step
 from actorexec.protocol import ModelRunnerOutput, SamplingParams, SchedulerConfig, SchedulerOutput
 from tests.actors.engine.test_scheduler import EOS, VOCAB, greedy, next_token, solo
+from tests.protocol.columns import ints
 
 
 class DeviceMirror:
@@ -66,7 +67,7 @@ class DeviceMirror:
                 sampled.append([token])
             else:
                 sampled.append([])
-        return ModelRunnerOutput(step_id=so.step_id, req_ids=req_ids, sampled_token_ids=sampled)
+        return ModelRunnerOutput.from_lists(so.step_id, req_ids, sampled)
 
 
 def make(num_blocks=64, block_size=4, max_model_len=128, pp=1, **cfg
@@ -98,15 +99,15 @@ def test_the_next_decode_step_goes_out_before_the_output_with_a_device_token():
     out0 = mirror.run(s0)
     s1 = sched.schedule()                       # s0's output has not arrived
     c = s1.scheduled_cached_reqs
-    assert c.req_ids == ["a"] and c.num_device_tokens == [1] and c.new_token_ids == [[]]
-    assert c.num_computed_tokens == [3] and s1.num_scheduled_tokens == {"a": 1}
+    assert c.req_ids == ["a"] and ints(c.num_device_tokens) == [1] and c.new_token_lists() == [[]]
+    assert ints(c.num_computed_tokens) == [3] and s1.num_scheduled_tokens == {"a": 1}
     assert sched.schedule() is None             # two steps in flight: the most for a request
     out1 = mirror.run(s1)
     sched.update_from_output(s0, out0)
-    assert a.output_token_ids == out0.sampled_token_ids[0] and a.num_output_placeholders == 1
+    assert a.output_token_ids == out0.sampled_lists()[0] and a.num_output_placeholders == 1
     s2 = sched.schedule()                       # again its token from s1 is on the device
-    assert s2.scheduled_cached_reqs.num_device_tokens == [1]
-    assert s2.scheduled_cached_reqs.num_computed_tokens == [4]
+    assert ints(s2.scheduled_cached_reqs.num_device_tokens) == [1]
+    assert ints(s2.scheduled_cached_reqs.num_computed_tokens) == [4]
     sched.update_from_output(s1, out1)
     sched.update_from_output(s2, mirror.run(s2))
     run_pipelined(sched, mirror, 2)
@@ -146,7 +147,7 @@ def test_a_prompt_split_in_chunks_has_its_chunks_in_flight_back_to_back():
     req = sched.add_request("a", list(range(3, 13)), greedy(3))
     s0, s1 = sched.schedule(), sched.schedule()
     assert s0.num_scheduled_tokens == {"a": 4} and s1.num_scheduled_tokens == {"a": 4}
-    assert s1.scheduled_cached_reqs.num_computed_tokens == [4]
+    assert ints(s1.scheduled_cached_reqs.num_computed_tokens) == [4]
     assert sched.schedule() is None
     for so in (s0, s1):
         sched.update_from_output(so, mirror.run(so))
@@ -163,7 +164,7 @@ def test_with_two_stages_requests_split_into_two_steps_and_return_two_steps_late
     assert set(s1.num_scheduled_tokens) == {"r2", "r3"}
     assert set(s2.num_scheduled_tokens) == {"r0", "r1"}     # s0's requests, device tokens
     assert set(s3.num_scheduled_tokens) == {"r2", "r3"}
-    assert s2.scheduled_cached_reqs.num_device_tokens == [1, 1]
+    assert ints(s2.scheduled_cached_reqs.num_device_tokens) == [1, 1]
     assert sched.schedule() is None              # each request is in two steps already
     outs = [mirror.run(so) for so in (s0, s1, s2, s3)]
     sched.update_from_output(s0, outs[0])

@@ -22,6 +22,7 @@ from actorexec.protocol import (
     SchedulerConfig,
     SchedulerOutput,
 )
+from tests.protocol.columns import ints
 
 EOS = 2
 VOCAB = 1000
@@ -57,7 +58,7 @@ class RunnerMirror:
                 assert state.block_ids == req.block_ids
             req_ids.append(rec.req_id)
             sampled.append([next_token(tokens)] if rec.samples else [])
-        return ModelRunnerOutput(step_id=so.step_id, req_ids=req_ids, sampled_token_ids=sampled)
+        return ModelRunnerOutput.from_lists(so.step_id, req_ids, sampled)
 
 
 def make(num_blocks=64, block_size=4, max_model_len=128, **cfg) -> tuple[Scheduler, RunnerMirror]:
@@ -99,11 +100,11 @@ def test_first_step_sends_request_in_full_then_only_diffs():
     s1 = sched.schedule()
     c = s1.scheduled_cached_reqs
     assert not s1.scheduled_new_reqs and c.req_ids == ["a"]
-    assert c.new_token_ids == [[next_token([5, 6, 7])]] and c.num_computed_tokens == [3]
-    assert c.new_block_ids == [[]]          # 4 tokens still fit the first block
+    assert c.new_token_lists() == [[next_token([5, 6, 7])]] and ints(c.num_computed_tokens) == [3]
+    assert c.new_block_lists() == [[]]          # 4 tokens still fit the first block
     sched.update_from_output(s1, mirror.run(s1))
     s2 = sched.schedule()
-    assert len(s2.scheduled_cached_reqs.new_block_ids[0]) == 1   # 5th token needs a block
+    assert len(s2.scheduled_cached_reqs.new_block_lists()[0]) == 1   # 5th token needs a block
     assert [s.step_id for s in (s0, s1, s2)] == [0, 1, 2]
 
 

@@ -55,7 +55,10 @@ async def mp2(request: pytest.FixtureRequest):
 
 
 def step(step_id: int, reqs: int = 2) -> SchedulerOutput:
-    return SchedulerOutput(step_id=step_id, num_scheduled_tokens={f"r{i}": 1 for i in range(reqs)})
+    so = SchedulerOutput(step_id=step_id)
+    for i in range(reqs):
+        so.add_cached(f"r{i}", num_computed_tokens=i, num_scheduled_tokens=1)
+    return so
 
 
 @pytest.mark.timeout(60)

@@ -23,6 +23,7 @@ from actorexec.protocol import (
     ModelRunnerOutput,
     SchedulerOutput,
 )
+from actorexec.protocol.columns import pack_int32
 from actorexec.runtime import expose
 
 
@@ -47,10 +48,11 @@ class EchoRunner:
         par = self.worker.config.parallel
         output = None
         if self.worker.rank == par.world_size - par.tensor_parallel_size:
-            req_ids = list(scheduler_output.num_scheduled_tokens)
+            # As a runner does: one token per request, packed from a flat host buffer.
+            req_ids = scheduler_output.req_ids
             output = ModelRunnerOutput(
                 step_id=scheduler_output.step_id, req_ids=req_ids,
-                sampled_token_ids=[[scheduler_output.step_id]] * len(req_ids))
+                sampled_token_ids=pack_int32([scheduler_output.step_id] * len(req_ids)))
         if not self.later_s:
             return output
         done: concurrent.futures.Future[ModelRunnerOutput | None] = concurrent.futures.Future()

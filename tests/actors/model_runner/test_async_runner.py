@@ -18,8 +18,10 @@ import pytest
 from actorexec.actors.engine.scheduler import Scheduler
 from actorexec.actors.model_runner import ModelRunner
 from actorexec.protocol import InvalidRequestError, SamplingParams, SchedulerConfig
+from actorexec.protocol.columns import pack_int32
 from tests.actors.model_runner.sim_scheduler import make_runner
 from tests.actors.reference import ARRIVALS, expected_tokens
+from tests.protocol.columns import ints
 
 replace = msgspec.structs.replace
 Arrivals = dict[int, list[tuple[str, list[int], SamplingParams]]]
@@ -39,7 +41,7 @@ def drive(runner: ModelRunner, arrivals: Arrivals, depth: int, budget: int = 256
         for req_id, prompt, params in arrivals.get(step, []):
             reqs[req_id] = sched.add_request(req_id, prompt, params)
         while len(in_flight) < depth and (so := sched.schedule()) is not None:
-            device_tokens += sum(so.scheduled_cached_reqs.num_device_tokens)
+            device_tokens += sum(ints(so.scheduled_cached_reqs.num_device_tokens))
             in_flight.append((so, runner.execute_model(so)))
         if in_flight:
             sched.update_from_output(*in_flight.popleft())
@@ -95,7 +97,7 @@ def _decoding_step(runner: ModelRunner):
     prefill = sched.schedule()
     out = runner.execute_model(prefill)
     step = sched.schedule()
-    assert step.scheduled_cached_reqs.num_device_tokens == [1]
+    assert ints(step.scheduled_cached_reqs.num_device_tokens) == [1]
     return sched, prefill, out, step
 
 
@@ -104,9 +106,13 @@ def _cached(step, **changes):
 
 
 BAD_DEVICE_TOKENS = {
-    "two device tokens": (dict(num_device_tokens=[2]), "at most the one token"),
-    "host and device tokens": (dict(new_token_ids=[[7]]), "host tokens and a device token"),
-    "misaligned list": (dict(num_device_tokens=[1, 0]), "differ in length"),
+    "two device tokens": (dict(num_device_tokens=bytearray(pack_int32([2]))),
+                          "at most the one token"),
+    "host and device tokens": (dict(num_new_tokens=bytearray(pack_int32([1])),
+                                    new_token_ids=bytearray(pack_int32([7]))),
+                               "host tokens and a device token"),
+    "misaligned list": (dict(num_device_tokens=bytearray(pack_int32([1, 0]))),
+                        "differ in length"),
 }
 
 
@@ -134,9 +140,11 @@ def test_a_device_token_is_refused_when_no_sample_is_waiting_for_it(checkpoints)
     first = sched.schedule()
     chunked.execute_model(first)
     second = sched.schedule()
-    assert second.scheduled_cached_reqs.num_device_tokens == []
+    assert ints(second.scheduled_cached_reqs.num_device_tokens) == []
     with pytest.raises(InvalidRequestError, match="sampled none"):
-        chunked.execute_model(_cached(second, num_device_tokens=[1], new_token_ids=[[]]))
+        chunked.execute_model(_cached(second, num_device_tokens=bytearray(pack_int32([1])),
+                                      num_new_tokens=bytearray(pack_int32([0])),
+                                      new_token_ids=bytearray()))
 
 
 def test_runners_with_async_scheduling_off_refuse_device_tokens(checkpoints):

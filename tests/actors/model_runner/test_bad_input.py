@@ -9,50 +9,60 @@ import msgspec
 import pytest
 
 from actorexec.protocol import InvalidRequestError, NewRequestData, SamplingParams, SchedulerOutput
+from actorexec.protocol.columns import pack_int32
 from tests.actors.model_runner.sim_scheduler import GREEDY, SimScheduler, make_runner
+from tests.protocol.columns import ints
 
 replace = msgspec.structs.replace
 
 
+def _with_entry(column: bytearray, i: int, value: int) -> bytearray:
+    """``column`` (int32) with entry ``i`` set to ``value``."""
+    values = ints(column)
+    values[i] = value
+    return bytearray(pack_int32(values))
+
+
+def _with_cached(so: SchedulerOutput, **columns: object) -> SchedulerOutput:
+    return replace(so, scheduled_cached_reqs=replace(so.scheduled_cached_reqs, **columns))
+
+
 def _unknown_request(so: SchedulerOutput) -> SchedulerOutput:
-    c = so.scheduled_cached_reqs
-    cached = replace(c, req_ids=["ghost", *c.req_ids[1:]])
-    counts = {("ghost" if k == c.req_ids[0] else k): v for k, v in so.num_scheduled_tokens.items()}
-    return replace(so, scheduled_cached_reqs=cached, num_scheduled_tokens=counts)
+    return _with_cached(so, req_ids=["ghost", *so.scheduled_cached_reqs.req_ids[1:]])
 
 
 def _token_outside_vocab(so: SchedulerOutput) -> SchedulerOutput:
     c = so.scheduled_cached_reqs
-    return replace(so, scheduled_cached_reqs=replace(
-        c, new_token_ids=[[10_000], *c.new_token_ids[1:]]))
+    # Every decoding request gains one host token (sync scheduling): request 0's is first.
+    return _with_cached(so, new_token_ids=_with_entry(c.new_token_ids, 0, 10_000))
 
 
 def _block_outside_cache(so: SchedulerOutput) -> SchedulerOutput:
     c = so.scheduled_cached_reqs
-    return replace(so, scheduled_cached_reqs=replace(
-        c, new_block_ids=[[999], *c.new_block_ids[1:]]))
+    return _with_cached(so, num_new_blocks=_with_entry(c.num_new_blocks, 0, 1),
+                        new_block_ids=bytearray(pack_int32([999])) + c.new_block_ids)
 
 
 def _too_many_tokens_for_blocks(so: SchedulerOutput) -> SchedulerOutput:
     new = NewRequestData(req_id="big", prompt_token_ids=list(range(1, 40)),
-                         sampling_params=GREEDY, block_ids=[60])  # 39 tokens, 1 block of 4
-    return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, new],
-                   num_scheduled_tokens={**so.num_scheduled_tokens, "big": 39})
+                         sampling_params=GREEDY, block_ids=[60],  # 39 tokens, 1 block of 4
+                         num_scheduled_tokens=39)
+    return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, new])
 
 
 def _duplicate_new_request(so: SchedulerOutput) -> SchedulerOutput:
     c = so.scheduled_cached_reqs
     dup = NewRequestData(req_id=c.req_ids[0], prompt_token_ids=[1, 2],
-                         sampling_params=GREEDY, block_ids=[61])
+                         sampling_params=GREEDY, block_ids=[61], num_scheduled_tokens=2)
     return replace(so, scheduled_new_reqs=[dup])
 
 
-def _with_new(req: NewRequestData, num_tokens: int) -> Callable[[SchedulerOutput],
-                                                                  SchedulerOutput]:
+def _with_new(req: NewRequestData, num_tokens: object) -> Callable[[SchedulerOutput],
+                                                                     SchedulerOutput]:
     """Adds ``req`` (running ``num_tokens``) to a step that is otherwise valid."""
     def corrupt(so: SchedulerOutput) -> SchedulerOutput:
-        return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, req],
-                       num_scheduled_tokens={**so.num_scheduled_tokens, req.req_id: num_tokens})
+        added = replace(req, num_scheduled_tokens=num_tokens)
+        return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, added])
     return corrupt
 
 
@@ -64,13 +74,26 @@ def _new(req_id: str = "z", blocks: tuple[int, ...] = (60,), computed: int = 0,
 
 def _cached_going_back(so: SchedulerOutput) -> SchedulerOutput:
     c = so.scheduled_cached_reqs
-    return replace(so, scheduled_cached_reqs=replace(
-        c, num_computed_tokens=[c.num_computed_tokens[0] - 1, *c.num_computed_tokens[1:]]))
+    start = ints(c.num_computed_tokens)[0]
+    return _with_cached(so, num_computed_tokens=_with_entry(c.num_computed_tokens, 0, start - 1))
 
 
-def _fractional_token_count(so: SchedulerOutput) -> SchedulerOutput:
-    first = so.scheduled_cached_reqs.req_ids[0]
-    return replace(so, num_scheduled_tokens={**so.num_scheduled_tokens, first: 1.5})
+def _zero_token_count(so: SchedulerOutput) -> SchedulerOutput:
+    c = so.scheduled_cached_reqs
+    return _with_cached(so, num_scheduled_tokens=_with_entry(c.num_scheduled_tokens, 0, 0))
+
+
+def _misaligned_column(so: SchedulerOutput) -> SchedulerOutput:
+    return _with_cached(so, num_computed_tokens=so.scheduled_cached_reqs.num_computed_tokens[:-1])
+
+
+def _short_column(so: SchedulerOutput) -> SchedulerOutput:
+    return _with_cached(so, num_computed_tokens=so.scheduled_cached_reqs.num_computed_tokens[:-4])
+
+
+def _counts_not_adding_up(so: SchedulerOutput) -> SchedulerOutput:
+    c = so.scheduled_cached_reqs
+    return _with_cached(so, num_new_tokens=_with_entry(c.num_new_tokens, 0, 2))
 
 
 CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
@@ -87,7 +110,11 @@ CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
     "block given twice": (_with_new(_new(blocks=(60, 60)), 3), "given out twice"),
     "empty request id": (_with_new(_new(req_id=""), 3), "printable string"),
     "control characters in request id": (_with_new(_new(req_id="a\nb"), 3), "printable"),
-    "fractional token count": (_fractional_token_count, "with no tokens"),
+    "fractional token count": (_with_new(_new(), 1.5), "with no tokens"),
+    "zero token count": (_zero_token_count, "with no tokens"),
+    "column not whole int32s": (_misaligned_column, "must be int32 bytes"),
+    "column shorter than req_ids": (_short_column, "differ in length"),
+    "token counts not adding up": (_counts_not_adding_up, "do not add up"),
     "valid new request, bad cached diff": (
         lambda so: _token_outside_vocab(_with_new(_new(), 3)(so)), "outside the vocabulary"),
 }
@@ -133,8 +160,8 @@ def test_a_step_that_skips_ahead_inside_a_prompt_is_refused(checkpoints):
     sim.step()                                   # prefill chunk [0, 4)
     so = sim.schedule()                          # next chunk [4, 8)
     c = so.scheduled_cached_reqs
-    assert c.num_computed_tokens == [4]
-    skipped = replace(so, scheduled_cached_reqs=replace(c, num_computed_tokens=[6]))
+    assert ints(c.num_computed_tokens) == [4]
+    skipped = _with_cached(so, num_computed_tokens=bytearray(pack_int32([6])))
     with pytest.raises(InvalidRequestError, match="must start where the last ended"):
         sim.runner.execute_model(skipped)        # would run [6, 10) and sample
     out = sim.runner.execute_model(so)

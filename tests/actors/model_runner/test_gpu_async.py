@@ -13,6 +13,7 @@ from actorexec.actors.engine.scheduler import Scheduler
 from actorexec.actors.model_runner import ModelRunner
 from actorexec.protocol import SamplingParams, SchedulerConfig
 from tests.actors.model_runner.test_gpu_runner import cuda_runner
+from tests.protocol.columns import ints
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -43,7 +44,7 @@ def drive(runner: ModelRunner, depth: int) -> tuple[dict[str, list[int]], int]:
     device_tokens = 0
     while sched.has_work() or in_flight:
         while len(in_flight) < depth and (so := sched.schedule()) is not None:
-            device_tokens += sum(so.scheduled_cached_reqs.num_device_tokens)
+            device_tokens += sum(ints(so.scheduled_cached_reqs.num_device_tokens))
             torch.cuda.set_sync_debug_mode("error")
             try:
                 pending = runner.execute_model_async(so)
