@@ -96,3 +96,14 @@ def test_benchmarks_write_a_new_file_by_default(script):
     out = Path(_default_out(ROOT / "benchmarks" / script))
     relative = os.path.relpath(out if out.is_absolute() else ROOT / out, ROOT)
     assert relative not in tracked and not (ROOT / relative).exists(), relative
+
+
+def test_the_direct_executor_example_runs_prefill_and_decode_steps():
+    """examples/direct_executor.py builds steps by hand (the README points to it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "direct_executor.py")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("generated token ids [")
+    assert sum(line.startswith("step ") for line in lines) == 8   # 1 prefill + 7 decode steps
