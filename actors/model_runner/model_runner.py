@@ -39,12 +39,8 @@ from actorexec.actors.model_runner.sampling_inputs import gather_sampling_tensor
 from actorexec.actors.model_runner.stage_forward import StageForward
 from actorexec.actors.model_runner.step_events import StepEvents
 from actorexec.actors.model_runner.step_output import PendingOutput, copy_to_host
-from actorexec.actors.model_runner.step_reader import (
-    RunnerLimits,
-    StepPlan,
-    apply_step,
-    read_step,
-)
+from actorexec.actors.model_runner.step_plan import RunnerLimits, StepPlan
+from actorexec.actors.model_runner.step_reader import apply_step, read_step
 from actorexec.actors.model_runner.token_feedback import TokenFeedback
 from actorexec.protocol.config import Config
 from actorexec.protocol.errors import ConfigError, InvalidRequestError

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from actorexec.actors.model.parallel import ParallelContext
 from actorexec.actors.model_runner.device_state import RequestRows, upload_ints
 from actorexec.actors.model_runner.input_batch import StepInputs
-from actorexec.actors.model_runner.step_reader import StepPlan
+from actorexec.actors.model_runner.step_plan import StepPlan
 
 # Receipts kept before the oldest is taken in regardless (each holds [num_reqs] ids).
 MAX_PENDING_RECEIPTS = 8

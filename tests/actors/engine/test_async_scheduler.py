@@ -18,7 +18,8 @@ import torch
 from actorexec.actors.engine.request import FinishReason
 from actorexec.actors.engine.scheduler import Scheduler
 from actorexec.actors.model_runner.request_state import CachedRequestState
-from actorexec.actors.model_runner.step_reader import RunnerLimits, apply_step, read_step
+from actorexec.actors.model_runner.step_plan import RunnerLimits
+from actorexec.actors.model_runner.step_reader import apply_step, read_step
 from actorexec.protocol import ModelRunnerOutput, SamplingParams, SchedulerConfig, SchedulerOutput
 from tests.actors.engine.test_scheduler import EOS, VOCAB, greedy, next_token, solo
 from tests.protocol.columns import ints
