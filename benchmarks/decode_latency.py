@@ -98,7 +98,7 @@ class Driver:
                 so.add_new(NewRequestData(req_id=r, prompt_token_ids=prompt[r],
                                           sampling_params=GREEDY, block_ids=blocks[r]), context)
             out = await self.executor.execute_model(so)
-            last.update({r: t[0] for r, t in zip(out.req_ids, out.sampled_token_ids,
+            last.update({r: t[0] for r, t in zip(out.req_ids, out.sampled_lists(),
                                                  strict=True)})
         computed = dict.fromkeys(ids, context)
         if probe is not None:
@@ -118,7 +118,7 @@ class Driver:
             t0 = time.perf_counter()
             out = await self.executor.execute_model(so)
             times.append(time.perf_counter() - t0)
-            for r, t in zip(out.req_ids, out.sampled_token_ids, strict=True):
+            for r, t in zip(out.req_ids, out.sampled_lists(), strict=True):
                 last[r] = t[0]
                 computed[r] += 1
         table = None
