@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from itertools import accumulate
 
 if sys.byteorder != "little" or array("i").itemsize != 4:  # pragma: no cover
@@ -35,17 +35,6 @@ def pack_int32(values: Iterable[int]) -> bytes:
     return array("i", values).tobytes()
 
 
-def append_int32(column: bytearray, value: int) -> None:
-    """Appends one value (``OverflowError`` outside int32). No view of ``column`` may be alive."""
-    column += value.to_bytes(INT32_BYTES, "little", signed=True)
-
-
-def extend_int32(column: bytearray, values: Sequence[int]) -> None:
-    """Appends ``values`` (``OverflowError`` outside int32). No view of ``column`` may be alive."""
-    if values:
-        column += array("i", values)
-
-
 def int32s(column: Column) -> memoryview:
     """A read-only int32 view of ``column``; ``ValueError`` if its length is not a multiple of 4."""
     if len(column) % INT32_BYTES:
@@ -58,16 +47,24 @@ def num_values(column: Column) -> int:
     return len(column) // INT32_BYTES
 
 
+def ragged_mismatch(counts: memoryview, flat: memoryview) -> str | None:
+    """Why ``flat`` cannot be cut into consecutive runs of ``counts[i]`` values (a negative
+    count, or counts that do not add up to ``len(flat)``); None if it can."""
+    if counts and min(counts) < 0:
+        return f"a ragged column's counts must be >= 0, got {min(counts)}"
+    if (total := sum(counts)) != len(flat):
+        return (f"a ragged column's counts add up to {total} values, its flat column holds "
+                f"{len(flat)}")
+    return None
+
+
 def split_ragged(counts: memoryview, flat: memoryview) -> list[list[int]]:
     """``flat`` cut into consecutive runs of ``counts[i]`` values, as lists (tests, the engine).
 
-    Raises ``ValueError`` if a count is negative or the counts do not add up to ``len(flat)``.
+    Raises ``ValueError`` (``ragged_mismatch``'s reason) if the counts do not fit ``flat``.
     """
-    if counts and min(counts) < 0:
-        raise ValueError(f"a ragged column's counts must be >= 0, got {min(counts)}")
-    ends = list(accumulate(counts))
-    if (ends[-1] if ends else 0) != len(flat):
-        raise ValueError(f"a ragged column's counts add up to {ends[-1] if ends else 0} "
-                         f"values, its flat column holds {len(flat)}")
+    if (why := ragged_mismatch(counts, flat)) is not None:
+        raise ValueError(why)
+    ends = accumulate(counts)
     values = flat.tolist()
     return [values[end - n:end] for n, end in zip(counts, ends, strict=True)]

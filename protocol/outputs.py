@@ -13,7 +13,7 @@ from itertools import chain
 import msgspec
 
 from .checks import INT32_MAX
-from .columns import int32s, pack_int32, split_ragged
+from .columns import int32s, pack_int32, ragged_mismatch, split_ragged
 
 
 class TokenLogprobs(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -66,9 +66,9 @@ class ModelRunnerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
             if len(counts) != len(self.req_ids):
                 raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids but "
                                  f"{len(counts)} sampled counts")
-            if min(counts) < 0 or sum(counts) != len(tokens):
-                raise ValueError(f"ModelRunnerOutput's counts (smallest {min(counts)}) do not "
-                                 f"add up to the {len(tokens)} sampled tokens")
+            if (why := ragged_mismatch(counts, tokens)) is not None:
+                raise ValueError(f"ModelRunnerOutput's counts do not add up to its sampled "
+                                 f"tokens: {why}")
         elif len(tokens) != len(self.req_ids):
             raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids and no "
                              f"counts (one token each) but {len(tokens)} sampled tokens")

@@ -34,7 +34,7 @@ from itertools import chain
 
 import msgspec
 
-from .columns import int32s, num_values, pack_int32, split_ragged
+from .columns import INT32_BYTES, int32s, num_values, pack_int32, split_ragged
 from .sampling import SamplingParams
 
 
@@ -108,7 +108,7 @@ class CachedRequestData(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_f
         blocks = pack_int32(new_block_ids) if new_block_ids else b""
         if num_device_tokens or self.num_device_tokens:  # the column exists once one is nonzero
             missing = len(self.req_ids) - num_values(self.num_device_tokens)
-            self.num_device_tokens += bytes(4 * missing) + device
+            self.num_device_tokens += bytes(INT32_BYTES * missing) + device
         self.new_token_ids += tokens
         self.new_block_ids += blocks
         self.req_ids.append(req_id)

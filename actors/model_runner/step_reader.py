@@ -21,7 +21,7 @@ import torch
 
 from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.step_plan import RequestStep, RunnerLimits, StepPlan
-from actorexec.protocol.columns import int32s
+from actorexec.protocol.columns import int32s, ragged_mismatch
 from actorexec.protocol.errors import InvalidRequestError
 from actorexec.protocol.sampling import SamplingParams
 from actorexec.protocol.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
@@ -151,9 +151,9 @@ def _columns(c: CachedRequestData) -> _CachedColumns:
             device and len(device) != n):
         raise _fail("CachedRequestData columns differ in length from req_ids")
     for what, per_req, flat in (("tokens", num_tokens, tokens), ("blocks", num_blocks, blocks)):
-        if (per_req and min(per_req) < 0) or sum(per_req) != len(flat):
+        if (why := ragged_mismatch(per_req, flat)) is not None:
             raise _fail(f"CachedRequestData: the per-request new {what} counts do not add up "
-                        f"to the {len(flat)} new {what} sent")
+                        f"to the new {what} sent: {why}")
     return _CachedColumns(starts, counts, num_tokens, tokens, num_blocks, blocks,
                           device or [0] * n)
 
