@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .shm_fds import drain, signal
-from .shm_ring import MAX_LANES, RingWriter, ShmRing, fence
+from .shm_ring import MAX_LANES, RingWriter, ShmRing, fence, polling_word
 from .shm_ring_reader import RingReader
 from .shm_spin import AdaptiveSpin, LoopSpin
 
@@ -56,7 +56,12 @@ class RingSender:
             raise ValueError(f"a reader has 1..{MAX_LANES} wake-up lanes")
         self._ring = ring
         self._writer = RingWriter(ring)
-        self._wake_fds = [list(fds) for fds in wake_fds]  # per reader: an eventfd per lane
+        # Per reader: its bit, and per lane asked for, (the eventfd to signal, the word of
+        # its polling flag); a reader with one eventfd is woken on it for either lane.
+        self._lanes = [(1 << index, [(fds[min(lane, len(fds) - 1)],
+                                      polling_word(index, min(lane, len(fds) - 1)))
+                                     for lane in range(MAX_LANES)])
+                       for index, fds in enumerate(wake_fds)]
         self._space_fd = space_fd
         self._loop = loop
         self._name = name
@@ -78,6 +83,9 @@ class RingSender:
         with self._lock:
             if self._closed:
                 raise LinkClosed(f"{self._name} is closed")
+            if not self._queue and self._writer.try_write_message(frames, targets, lane):
+                self._wake(targets, lane)  # the common case: one record, room for it
+                return
             records = self._writer.message_records(frames, lane)
             written = 0
             if not self._queue:
@@ -168,12 +176,12 @@ class RingSender:
         """Signals lane ``lane`` of each target reader, unless it is polling the ring (the
         flag protocol in ``shm_ring.py``: the position was published before this fence)."""
         fence()
-        ring = self._ring
-        for index, fds in enumerate(self._wake_fds):
-            if targets >> index & 1:
-                fd_lane = min(lane, len(fds) - 1)
-                if always or not ring.reader_polling(index, fd_lane):
-                    signal(fds[fd_lane])
+        words = self._ring.words
+        for bit, lanes in self._lanes:
+            if targets & bit:
+                fd, flag_word = lanes[lane]
+                if always or not words[flag_word]:
+                    signal(fd)
 
     def _drop(self) -> None:
         self._dropped += 1
@@ -196,6 +204,7 @@ class RingReceiver:
                  spin: AdaptiveSpin | None = None) -> None:
         self._ring = ring
         self._reader = RingReader(ring, index)
+        self.pending = self._reader.pending  # type: ignore[method-assign]  # polled: one call less
         self._wake_fd = wake_fd
         self._space_fd = space_fd
         self._loop = loop
@@ -279,7 +288,7 @@ class RingReceiver:
 
     def pending(self) -> bool:
         """Is a message waiting (cheap; any thread)?"""
-        return self._reader.pending()
+        return self._reader.pending()  # (shadowed per instance by the reader's own method)
 
     def published_s(self) -> float:
         """When the ring's writer last published (``RingReader.published_s``; any thread)."""

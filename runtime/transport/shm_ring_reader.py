@@ -3,8 +3,6 @@ the protocols both ends follow)."""
 
 from __future__ import annotations
 
-import struct
-
 from .shm_ring import (
     FIRST,
     KIND_MESSAGE,
@@ -24,6 +22,8 @@ from .shm_ring import (
     ShmRing,
     align,
     fence,
+    lengths_struct,
+    order,
 )
 
 
@@ -67,7 +67,7 @@ class RingReader:
         ring = self.ring
         if ring.words[W_WRITE] == self._pos:
             return None
-        fence()
+        order()
         _, kind, flags, _, targets = RECORD.unpack_from(ring.data, self._pos % ring.capacity)
         if kind != KIND_MESSAGE or not targets & self.bit:
             return -1
@@ -76,7 +76,9 @@ class RingReader:
     def next_message(self) -> list[memoryview] | None:
         ring = self.ring
         end = ring.words[W_WRITE]
-        fence()  # the position before the bytes it publishes
+        if end == self._pos:
+            return None
+        order()  # the position before the bytes it publishes
         if end - self._pos > ring.capacity or end < self._pos:
             raise RingCorrupt(f"ring write position {end} is not within one ring of read "
                               f"position {self._pos}")
@@ -110,7 +112,7 @@ class RingReader:
 
     def release(self) -> None:
         """Hands back everything read so far (frames of the last message included)."""
-        fence()  # finish reading the bytes before the writer may reuse them
+        order()  # finish reading the bytes before the writer may reuse them
         self.ring.words[self._slot] = self._pos
 
     def _header(self, offset: int) -> tuple[int, int, int, int, int]:
@@ -136,7 +138,7 @@ class RingReader:
         (count,) = U32.unpack_from(body, 0)
         if not 1 <= count <= MAX_FRAMES or body.nbytes < 4 * (count + 1):
             raise RingCorrupt(f"message body with {count} frames")
-        lengths = struct.unpack_from(f"<{count}I", body, 4)
+        lengths = lengths_struct(count).unpack_from(body, 4)
         at = 4 * (count + 1)
         if at + sum(lengths) != body.nbytes:
             raise RingCorrupt("frame lengths do not add up to the message body")
