@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import functools
-import inspect
 import itertools
 import logging
 import time
@@ -34,27 +32,6 @@ _GENERIC = generic_spec()
 _ENCODER = PayloadEncoder()  # one per process; encode() is not re-entrant but never awaits
 
 
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-
-@functools.cache
-def _positional_shape(spec: MethodSpec) -> tuple[tuple[str, ...], int]:
-    """The names positional arguments bind to, and how many parameters are required."""
-    params = list(spec.signature.parameters.values())
-    names = tuple(p.name for p in itertools.takewhile(lambda p: p.kind in _POSITIONAL, params))
-    return names, sum(1 for p in params if p.default is p.empty)
-
-
-def _bind(spec: MethodSpec, args: Sequence[Any], kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """``spec.bind``, with a fast path for positional calls (``inspect.Signature.bind`` costs
-    ~8 µs a call; this, ~0.5 µs). Anything unusual goes to ``spec.bind``, which raises."""
-    if not kwargs:
-        names, required = _positional_shape(spec)
-        if required <= len(args) <= len(names):
-            return dict(zip(names, args, strict=False))
-    return spec.bind(args, kwargs)
-
-
 class PreparedCall:
     """A call bound against its method's spec; a bad call raises TypeError here, at the caller."""
 
@@ -73,7 +50,7 @@ class PreparedCall:
             self.method = method
             self.spec = spec
             self.args, self.kwargs = (), {}
-            self.bound = _bind(spec, args, kwargs)
+            self.bound = spec.bind(args, kwargs)
         self._frames: list[Frame] | None = None
 
     @property
@@ -146,6 +123,13 @@ def submit_all(refs: Sequence[ActorRef], prepared: PreparedCall,
                deadline: float | None = None) -> list[asyncio.Future[Any]]:
     """Sends ``prepared`` to every ref now; one future per ref, in ref order. Refs sharing a
     broadcast channel get it in one write (one copy for all of them)."""
+    shared = refs[0].broadcast if refs else None
+    for ref in refs:
+        if ref.broadcast is not shared:
+            break
+    else:
+        if shared is not None:  # every ref on one channel (same-host mp ranks): one write
+            return refs[0].submit_group(refs, prepared, deadline)
     futs: list[asyncio.Future[Any] | None] = [None] * len(refs)
     groups: dict[int, list[int]] = {}
     for i, ref in enumerate(refs):

@@ -57,16 +57,16 @@ class ShmCalls:
     def submit_group(self, refs: Sequence[ActorRef], prepared: PreparedCall,
                      deadline: float | None = None) -> list[Any]:
         """One write of ``prepared`` for every ref in ``refs`` that still accepts calls."""
-        group: list[Any] = list(refs)  # ShmCalls refs that share this channel
-        call = Call(next(self._ids), prepared.method, deadline)
+        call_id = next(self._ids)
         ranks_mask = 0
-        for ref in group:
-            if ref.accepts_calls:
-                ranks_mask |= 1 << ref.slot
+        for ref in refs:  # ShmCalls refs that share this channel
+            if ref.accepts_calls:  # type: ignore[attr-defined]
+                ranks_mask |= 1 << ref.slot  # type: ignore[attr-defined]
         if ranks_mask:
+            call = Call(call_id, prepared.method, deadline)
             self.channel.send([_CODEC.encode(call), *prepared.frames], ranks_mask,
                               self.lane(prepared.method))
-        return [ref.expect(call.call_id, prepared, deadline) for ref in group]
+        return [ref.expect(call_id, prepared, deadline) for ref in refs]  # type: ignore[attr-defined]
 
 
 def loop_methods_of(actor_path: str) -> frozenset[str]:

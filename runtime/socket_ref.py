@@ -95,7 +95,8 @@ class SocketRef(ActorRef):
         # Popped when the reply arrives (every call gets one, or fail_pending clears it): no
         # done-callback per call, which would cost a loop iteration per rank per step.
         self._pending[call_id] = (fut, prepared.spec.result_decoder)
-        arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
+        if deadline is not None:
+            arm_deadline(fut, deadline, f"call {prepared.method!r} to rank {self.rank}")
         return fut
 
     @property
@@ -133,29 +134,37 @@ class SocketRef(ActorRef):
         except ProtocolError as exc:
             logger.error("rank %d: undecodable reply: %s", self.rank, exc)
             return
+        if type(env) is Result:  # the common case first
+            self._settle(env.call_id, frames)
+            return
         if isinstance(env, Ready):
             if not self._ready.done():
                 self._ready.set_result(None)
             return
-        if not isinstance(env, (Result, Failure)):
+        if not isinstance(env, Failure):
             logger.error("rank %d: unexpected %s from an actor", self.rank, type(env).__name__)
             return
-        if isinstance(env, Failure) and env.exc_type == _FATAL_TYPE:
+        if env.exc_type == _FATAL_TYPE:
             self._fatal_reason = env.message
         if env.call_id == -1:
             logger.error("rank %d reported an undecodable frame: %s", self.rank, env.message)
             return
         entry = self._pending.pop(env.call_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(error_from(env))
+
+    def _settle(self, call_id: int, frames: list[bytes]) -> None:
+        """Call ``call_id`` returned: its future gets the value decoded from ``frames[1:]``."""
+        entry = self._pending.pop(call_id, None)
         if entry is None or entry[0].done():
             return  # timed out earlier: the late reply is dropped
         fut, decoder = entry
-        if isinstance(env, Failure):
-            fut.set_exception(error_from(env))
-            return
         try:
-            fut.set_result(decoder.decode(frames[1:]))
+            value = decoder.decode(frames[1:])
         except ProtocolError as exc:
             fut.set_exception(exc)
+            return
+        fut.set_result(value)
 
     # -- death and closing -----------------------------------------------------------
     def declare_dead(self, error: ActorDiedError) -> None:

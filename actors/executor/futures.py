@@ -58,6 +58,11 @@ class CollectiveReplies:
     def _done(self, fut: asyncio.Future[Any]) -> None:
         # May run eagerly, inside another rank's settling (a broken executor fails every
         # pending call): so this rank's outcome reaches ``result`` before anything breaks.
+        if not fut.cancelled() and fut.exception() is None:  # success: the per-step case
+            self._answered += 1
+            if self._answered == len(self.futs):
+                self._judge()
+            return
         _retrieve(fut)  # the caller sees failures through ``result`` (or the futures themselves)
         self._answered += 1
         error = None if fut.cancelled() else fut.exception()

@@ -147,7 +147,10 @@ class ShmChannel:
         return receiver
 
     def _replies_waiting(self) -> bool:
-        return any(receiver.pending() for receiver in self._receivers.values())
+        for receiver in self._receivers.values():  # (a loop, not any(): once per poll)
+            if receiver.pending():
+                return True
+        return False
 
     def _set_polling(self, polling: bool) -> None:
         for receiver in self._receivers.values():
