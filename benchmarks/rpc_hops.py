@@ -112,7 +112,8 @@ def install_worker_probes() -> None:
         return -1  # the call is not decoded yet: kept aside until _start knows its id
 
     def remember(*args: Any, **kwargs: Any) -> int | None:
-        call = getattr(args[1], "call", args[1])  # _start(pending, ...), take_on_thread(call,..)
+        # _start_on_thread(pending, ...), _run_on_loop(call, ...), take_on_thread(call, ...)
+        call = getattr(args[1], "call", args[1])
         _CURRENT[0] = call.call_id  # the work thread reads it while this call runs
         MARKS[call.call_id].update(MARKS.pop(-1, {}))
         return call.call_id
@@ -122,7 +123,8 @@ def install_worker_probes() -> None:
     from actorexec.runtime.shm_server import ShmActorServer
 
     probe(ShmActorServer, "_take", "w.recv", None, arrived)  # the work thread has it
-    probe(mailbox.Mailbox, "_start", "w.take", "w.started", remember)
+    probe(mailbox.Mailbox, "_run_on_loop", "w.take", "w.started", remember)
+    probe(mailbox.Mailbox, "_start_on_thread", "w.take", "w.started", remember)
     probe(mailbox.Mailbox, "take_on_thread", "w.take", "w.started", remember)
     probe(server, "_reply", "w.reply0", "w.reply1", _call_arg(2))
     probe(codec.PayloadEncoder, "encode", None, "w.encoded", _current)

@@ -94,7 +94,7 @@ class Mailbox:
     def put(self, call: Call, payload: Sequence[Frame] | LocalArgs, sink: ReplySink) -> None:
         """Takes the call now if nothing waits before it, else queues it (see the module)."""
         if self.actor.phase in ("stopping", "stopped"):
-            sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
+            self._refuse(call, sink)
             return
         if not self.takes_now:
             self._queued += 1
@@ -189,48 +189,65 @@ class Mailbox:
         if not exposed.ordered:
             self._answer_now(call, payload, sink)
             return
-        self._order.pop_answered()  # answered from the work thread without waking the replier
-        first = not self._order.entries
-        pending = self._order.add(call, sink)
-        if pending is None:  # the mailbox has failed: nothing more is taken
-            sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
+        order = self._order
+        order.pop_answered()  # answered from the work thread without waking the replier
+        first = not order.entries
+        if exposed.thread:
+            pending = order.add(call, sink)
+            if pending is None:  # the mailbox has failed: nothing more is taken
+                self._refuse(call, sink)
+                return
+            self._start_on_thread(pending, payload)
+            if not (first and order.thread_will_answer(pending)):
+                self._changed.set()  # (a call the work thread answers itself needs no replier)
             return
-        self._start(pending, payload, exposed)
-        if first and self._answer_if_final(pending):
-            self._order.pop(pending)
-        elif not (first and self._order.thread_will_answer(pending)):
-            self._changed.set()  # (a call the work thread answers itself needs no replier)
+        if order.closed:
+            self._refuse(call, sink)
+            return
+        # A loop method runs now. Nobody can take a call meanwhile (the work thread takes
+        # only with nothing queued and under the ring's lock, which the loop holds while it
+        # delivers), so its place in the order is the next one whatever runs first.
+        ok, value = self._run_on_loop(call, payload)
+        if first and (not ok or not replies_later(value)) and order.answer_alone(
+                call, sink, ok, value):
+            return  # nothing before it, its result final: answered, no place kept
+        pending = order.add(call, sink)
+        if pending is None:
+            self._refuse(call, sink)
+            return
+        if ok and inspect.isawaitable(value):
+            pending.future = asyncio.ensure_future(value)  # owned: cancelled if unanswered
+        else:
+            pending.outcome = (ok, value)
+        self._changed.set()
 
-    def _start(self, pending: Pending, payload: Sequence[Frame] | LocalArgs,
-               exposed: Exposed) -> None:
-        """Starts the call: ``pending.future`` (on the loop) or ``pending.outcome`` (later,
-        from the work thread). A refused call gets its exception as the result."""
+    def _refuse(self, call: Call, sink: ReplySink) -> None:
+        sink(call, False, ActorClosedError(f"{type(self.actor).__name__} has stopped"))
+
+    def _start_on_thread(self, pending: Pending, payload: Sequence[Frame] | LocalArgs) -> None:
+        """Queues a ``thread=True`` call on the work thread, which fills ``pending.outcome``;
+        a refused call gets its exception as the outcome."""
         call = pending.call
         try:
             fn = self._bind(call, payload)
-            if exposed.thread:
-                check = None if call.deadline is None else functools.partial(_check_deadline, call)
-                self.actor.run_on_work_thread(
-                    call.method, fn, check, functools.partial(self._order.thread_done, pending))
-                return
-            _check_deadline(call)
-            value = fn()
         except Exception as exc:
             pending.outcome = (False, exc)
             return
-        if inspect.isawaitable(value):
-            pending.future = asyncio.ensure_future(value)  # owned: cancelled if unanswered
-        else:
-            pending.outcome = (True, value)
+        check = None if call.deadline is None else functools.partial(_check_deadline, call)
+        self.actor.run_on_work_thread(
+            call.method, fn, check, functools.partial(self._order.thread_done, pending))
+
+    def _run_on_loop(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> tuple[bool, Any]:
+        """Runs a loop method's call now: (True, its value, maybe an awaitable) or (False,
+        the exception that refused or failed it)."""
+        try:
+            fn = self._bind(call, payload)
+            _check_deadline(call)
+            return True, fn()
+        except Exception as exc:
+            return False, exc
 
     # -- replying -------------------------------------------------------------
-    def _answer_if_final(self, pending: Pending) -> bool:
-        """Answers a call whose result is already final (nothing is ahead of it)."""
-        outcome = pending.outcome
-        if outcome is None or (outcome[0] and replies_later(outcome[1])):
-            return False
-        return self._order.send(pending, *outcome)
-
     async def _reply_loop(self) -> None:
         entries = self._order.entries
         while True:

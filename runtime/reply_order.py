@@ -45,7 +45,8 @@ class Pending:
 
 def replies_later(value: Any) -> bool:
     """A result that is itself a promise of the reply (reply-later)."""
-    return isinstance(value, concurrent.futures.Future) or inspect.isawaitable(value)
+    return value is not None and (isinstance(value, concurrent.futures.Future)
+                                  or inspect.isawaitable(value))
 
 
 class ReplyOrder:
@@ -69,6 +70,23 @@ class ReplyOrder:
             self._taken += 1
             self.entries.append(pending)
         return pending
+
+    @property
+    def closed(self) -> bool:
+        return self._next < 0
+
+    def answer_alone(self, call: Call, sink: ReplySink, ok: bool, value: Any) -> bool:
+        """Answers a call whose outcome is final at once, in the next place, without holding
+        it: only when no call is held (none can be ahead of it); False (nothing sent) if
+        one is, or once closed. Saves the common loop call its entry. A sink that raises
+        propagates (on the loop: fatal)."""
+        with self._lock:
+            if self.entries or self._next < 0:
+                return False
+            self._taken += 1
+            self._next += 1
+            sink(call, ok, value)
+        return True
 
     def pop_answered(self) -> None:
         """Drops answered calls from the front (the work thread's answers wake nobody)."""

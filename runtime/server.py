@@ -25,7 +25,7 @@ from actorexec.protocol.errors import ProtocolError
 
 from .actor import READY_METHOD, Actor
 from .errors import failure_from
-from .mailbox import Mailbox
+from .mailbox import Mailbox, ReplySink
 from .transport import bind_router
 
 logger = logging.getLogger("actorexec.runtime.server")
@@ -97,7 +97,11 @@ class ActorServer:
         payload = frames[1:]
         if self.borrowed_frames and not self.mailbox.takes_now:
             payload = [bytes(frame) for frame in payload]  # kept past this dispatch: copied
-        self.mailbox.put(envelope, payload, lambda c, ok, v: self._reply(peer, c, ok, v))
+        self.mailbox.put(envelope, payload, self._sink(peer))
+
+    def _sink(self, peer: bytes) -> ReplySink:
+        """Where replies to ``peer``'s calls go (one sink per message: peers differ)."""
+        return lambda c, ok, v: self._reply(peer, c, ok, v)
 
     def _reply(self, peer: bytes, call: Call, ok: bool, value: Any) -> None:
         """The reply sink (from the loop, or from the work thread where the transport allows)."""

@@ -31,6 +31,7 @@ from actorexec.protocol.envelopes import Call
 from actorexec.protocol.errors import ProtocolError
 
 from .actor import Actor
+from .mailbox import ReplySink
 from .server import ActorServer
 from .transport.shm_channel import ShmEndpoint, ShmServerLink
 from .transport.shm_spin import AdaptiveSpin, max_spin_s, pacing_enabled
@@ -48,6 +49,7 @@ class ShmActorServer(ActorServer):
     def __init__(self, actor: Actor, transport: ShmServerLink, rank: int) -> None:
         super().__init__(actor, transport, rank)
         self._job: Callable[[], None] | None = None  # taken by the work thread, to run now
+        self._reply_sink = super()._sink(b"")  # one peer, the executor: one sink for all calls
 
     @classmethod
     def attach(cls, actor: Actor, endpoint: ShmEndpoint) -> ShmActorServer:
@@ -66,6 +68,9 @@ class ShmActorServer(ActorServer):
 
     def _on_message(self, frames: list[memoryview]) -> None:
         self._dispatch(b"", frames)
+
+    def _sink(self, peer: bytes) -> ReplySink:
+        return self._reply_sink
 
     # -- on the work thread ----------------------------------------------------
     def _poll_on_thread(self) -> bool:
@@ -89,6 +94,5 @@ class ShmActorServer(ActorServer):
         exposed = self.mailbox.methods.get(call.method)
         if exposed is None or not exposed.thread:
             return False
-        self._job = self.mailbox.take_on_thread(call, frames[1:],
-                                                lambda c, ok, v: self._reply(b"", c, ok, v))
+        self._job = self.mailbox.take_on_thread(call, frames[1:], self._reply_sink)
         return self._job is not None
