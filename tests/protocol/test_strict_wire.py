@@ -129,6 +129,7 @@ FOUR_FLOATS = bytes(16)
 @pytest.mark.parametrize("ref, buffers, message", [
     ([-1, "float32", [4]], [FOUR_FLOATS], "frame index -1"),
     ([1, "float32", [4]], [FOUR_FLOATS], "frame index 1"),
+    ([0, "float32", [4]], [], "frame index 0"),  # no tensor frame at all (the one-frame path)
     ([0, "float32", [5]], [FOUR_FLOATS], "needs 20"),
     ([0, "float32", [3]], [FOUR_FLOATS], "needs 12"),
     ([0, "float32", [4]], [FOUR_FLOATS[:-1]], "holds 15 bytes"),
