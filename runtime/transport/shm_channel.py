@@ -26,8 +26,8 @@ from .shm_fds import InheritedFd, MappedRing, close_fds, new_eventfd
 from .shm_link import RingReceiver, RingSender
 from .shm_spin import AdaptiveSpin, LoopSpin, max_spin_s
 
-# Ring sizes. memfd pages are allocated only when first touched; a ring cycles through
-# all of its pages, so these are also what each ring costs in memory once busy. A
+# Ring sizes, which are also what each ring costs in memory: its pages are mapped in
+# full when it is (``MappedRing``), as a ring cycles through all of them anyway. A
 # 256-request decode step is ~6 KB; a message larger than a quarter of a ring travels in
 # chunks, so any size gets through.
 CALL_RING_BYTES = 4 << 20
