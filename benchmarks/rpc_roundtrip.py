@@ -20,10 +20,12 @@ carries actorexec's own objects (int32 columns, pickled), so that the
 transports alone are compared; and a raw pyzmq DEALER/ROUTER echo of
 actorexec's encoded step between two processes (1 worker only). Ratios are
 against ``vllm``. Repetitions are interleaved; the table shows the median of
-the per-run medians.
+the per-run medians. actorexec's driver runs on the loop ``actorexec.runtime.run``
+gives it, as the engine's does: uvloop when installed; a system name ending in
+``-asyncio`` (``shm-asyncio``) runs it on asyncio's own loop instead.
 
 Usage: python benchmarks/rpc_roundtrip.py [--reps 3] [--iters 2000] [--gap-iters 300]
-       [--long-gap-iters 8] [--systems shm,ipc,vllm,vllm-same,zmq] [--uvloop] [--out PATH]
+       [--long-gap-iters 8] [--systems shm,ipc,vllm,vllm-same,zmq] [--out PATH]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from actorexec.protocol import (
     SchedulerOutput,
 )
 from actorexec.runtime import run
+from actorexec.runtime.loop import loop_factory
 
 WORKER = "tests.actors.executor.workers:EchoWorker"
 Phase = tuple[str, int, float]  # name, calls, gap between calls (s)
@@ -218,7 +221,6 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=2.0)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--systems", default="shm,ipc,vllm,vllm-same,zmq")
-    parser.add_argument("--uvloop", action="store_true", help="actorexec's driver on uvloop")
     parser.add_argument("--out", default=os.path.join(  # a new file per run: results are kept
         os.path.dirname(__file__), "results",
         f"rpc_roundtrip-{time.strftime('%Y%m%d-%H%M%S')}.json"))
@@ -245,9 +247,9 @@ def main() -> None:
                 print(f"rep {rep + 1}/{args.reps}: {key}", flush=True)
                 transport = system.split("-")[0]  # shm-nopace runs over shm
                 if transport in ("shm", "ipc", "tcp"):
-                    with _pace_env(system):
+                    with _pace_env(system):  # (uvloop when installed, as the engine's)
                         result = run(actorexec_run(transport, workers, phases, args.idle_s),
-                                     use_uvloop=args.uvloop)
+                                     use_uvloop=False if system.endswith("-asyncio") else None)
                 elif system.startswith("vllm"):
                     result = vllm_run(workers, phases, args.idle_s, system == "vllm-same")
                 else:
@@ -255,7 +257,7 @@ def main() -> None:
                 runs.setdefault(key, []).append(result)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
               "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": sys.version.split()[0],
-              "vllm": vllm_version, "uvloop": args.uvloop, "args": vars(args),
+              "vllm": vllm_version, "uvloop": loop_factory() is not None, "args": vars(args),
               "median_of_runs": _medians(runs), "runs": runs}
     print_table(report["median_of_runs"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
