@@ -167,7 +167,8 @@ class LoopSpin:
     def start(self, window_s: float) -> None:
         if window_s <= 0:
             return
-        self._cancel_backstop()
+        if self._backstop is not None:  # (inline: once per message)
+            self._cancel_backstop()
         self._deadline = time.perf_counter() + window_s
         if self._handle is None:
             if not self._active and self._polling is not None:
