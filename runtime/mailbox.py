@@ -22,19 +22,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import importlib
 import inspect
 import logging
-import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from actorexec.protocol.codec import Frame, generic_spec
+from actorexec.protocol.codec import Frame
 from actorexec.protocol.envelopes import Call
-from actorexec.protocol.errors import ActorClosedError, MethodNotAllowedError
+from actorexec.protocol.errors import ActorClosedError
 
 from .actor import Actor, Exposed
+from .call_binding import LocalArgs, bind_call, check_deadline
 from .errors import fatal_error_from
 from .reply_order import Pending, ReplyOrder, ReplySink, replies_later
 
@@ -42,20 +40,6 @@ logger = logging.getLogger("actorexec.runtime.mailbox")
 
 _THREAD = Exposed(thread=True)  # calls by function path run on the work thread
 __all__ = ["LocalArgs", "Mailbox", "ReplySink"]
-
-
-@dataclass(slots=True)
-class LocalArgs:
-    """Arguments of an in-loop call: already bound by name, never encoded."""
-
-    kwargs: dict[str, Any]
-    function: Callable[..., Any] | None = None  # uni executor: a callable, run as fn(actor, ...)
-    args: Sequence[Any] = field(default_factory=tuple)
-
-
-def _check_deadline(call: Call) -> None:
-    if call.deadline is not None and time.time() > call.deadline:
-        raise TimeoutError(f"call {call.method!r} reached the actor after its deadline; not run")
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -121,7 +105,7 @@ class Mailbox:
             fn = self._bind(call, payload)
         except Exception as exc:
             return functools.partial(on_done, False, exc)
-        check = None if call.deadline is None else functools.partial(_check_deadline, call)
+        check = None if call.deadline is None else functools.partial(check_deadline, call)
         return self.actor.work_job(call.method, fn, check, on_done)
 
     async def run(self, *beside: Coroutine[Any, Any, None]) -> None:
@@ -233,7 +217,7 @@ class Mailbox:
         except Exception as exc:
             pending.outcome = (False, exc)
             return
-        check = None if call.deadline is None else functools.partial(_check_deadline, call)
+        check = None if call.deadline is None else functools.partial(check_deadline, call)
         self.actor.run_on_work_thread(
             call.method, fn, check, functools.partial(self._order.thread_done, pending))
 
@@ -242,7 +226,7 @@ class Mailbox:
         the exception that refused or failed it)."""
         try:
             fn = self._bind(call, payload)
-            _check_deadline(call)
+            check_deadline(call)
             return True, fn()
         except Exception as exc:
             return False, exc
@@ -298,7 +282,7 @@ class Mailbox:
     def _answer_now(self, call: Call, payload: Sequence[Frame] | LocalArgs,
                     sink: ReplySink) -> None:
         try:
-            _check_deadline(call)
+            check_deadline(call)
             value = self._bind(call, payload)()
             if inspect.isawaitable(value):
                 raise TypeError(f"{call.method} is exposed with ordered=False, so it must "
@@ -310,27 +294,7 @@ class Mailbox:
 
     def _bind(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> Callable[[], Any]:
         """The call as a function of no arguments; refused calls raise here, before running."""
-        if isinstance(payload, LocalArgs) and payload.function is not None:
-            return functools.partial(payload.function, self.actor, *payload.args,
-                                     **payload.kwargs)
-        spec = self.specs.get(call.method)
-        if spec is None:
-            return self._bind_by_path(call, payload)
-        kwargs = payload.kwargs if isinstance(payload, LocalArgs) else spec.decode_args(payload)
-        return functools.partial(getattr(self.actor, call.method), **kwargs)
-
-    def _bind_by_path(self, call: Call, payload: Sequence[Frame] | LocalArgs) -> Callable[[], Any]:
-        name = type(self.actor).__name__
-        if ":" not in call.method or not self.actor.allow_callable_rpc:
-            raise MethodNotAllowedError(f"{name}.{call.method} is not on the RPC allow-list "
-                                        f"({', '.join(sorted(self.specs))})")
-        module, _, qualname = call.method.partition(":")
-        target: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-        kw = payload.kwargs if isinstance(payload, LocalArgs) else (
-            generic_spec().decode_args(payload))
-        return functools.partial(target, self.actor, *kw["args"], **kw["kwargs"])
+        return bind_call(self.actor, self.specs, call, payload)
 
     # -- stopping -------------------------------------------------------------
     def _fail_unanswered(self, error: BaseException) -> None:
