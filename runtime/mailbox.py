@@ -191,7 +191,11 @@ class Mailbox:
         # A loop method runs now. Nobody can take a call meanwhile (the work thread takes
         # only with nothing queued and under the ring's lock, which the loop holds while it
         # delivers), so its place in the order is the next one whatever runs first.
-        ok, value = self._run_on_loop(call, payload)
+        try:
+            ok, value = self._run_on_loop(call, payload)
+        except BaseException:  # fatal (SystemExit and the like): the mailbox's failure
+            order.add(call, sink)  # answers every held call, this one too
+            raise
         if first and (not ok or not replies_later(value)) and order.answer_alone(
                 call, sink, ok, value):
             return  # nothing before it, its result final: answered, no place kept
