@@ -214,11 +214,6 @@ class ShmRing:
     def writer_waiting(self) -> bool:
         return self.words[W_WAITING] != 0
 
-    def reader_polling(self, index: int, lane: int) -> bool:
-        """Is reader ``index`` polling for lane ``lane`` (so needs no signal)? The writer
-        calls this after publishing and a ``fence()`` (the protocol in the docstring)."""
-        return self.words[polling_word(index, lane)] != 0
-
 
 class RingWriter:
     """Writes records; never waits. Only one writer per ring, and not from two threads
