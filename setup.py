@@ -1,6 +1,9 @@
-"""Lists actorexec's sub-packages, which live in top-level folders mapped in pyproject.toml."""
+"""Lists actorexec's sub-packages, which live in top-level folders mapped in pyproject.toml,
+and the one compiled module: the shared-memory ring's core (``runtime/transport/
+_ringcore.c``). It is optional: where it cannot be built (no C compiler) the install
+goes on and the rings run their Python implementation (``shm_ring_compiled.py``)."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 ROOTS = {folder: f"actorexec.{folder}"
          for folder in ("protocol", "runtime", "actors", "entrypoints")}
@@ -11,4 +14,12 @@ for folder, name in ROOTS.items():
     packages.append(name)
     packages += [f"{name}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages)
+ring_core = Extension(
+    "actorexec.runtime.transport._ringcore",
+    sources=["runtime/transport/_ringcore.c"],
+    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+                        "-Wno-unused-parameter", "-Wno-cast-function-type"],
+    optional=True,
+)
+
+setup(packages=packages, ext_modules=[ring_core])

@@ -50,10 +50,10 @@ fi
 
 extra="${1:-}"
 target=".${extra:+[$extra]}"
-# The install is redone only when what it depends on (pyproject.toml, setup.py)
-# changed, or it is broken; the code itself is installed editable, so edits
-# need no reinstall.
-hash="$(cat pyproject.toml setup.py | python -c \
+# The install is redone only when what it depends on (pyproject.toml, setup.py,
+# the compiled ring core's source) changed, or it is broken; the Python code is
+# installed editable, so its edits need no reinstall.
+hash="$(cat pyproject.toml setup.py runtime/transport/_ringcore.c | python -c \
     'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 stamp=".venv/.actorexec-installed-${extra:-base}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] &&

@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .shm_fds import drain, signal
-from .shm_ring import MAX_LANES, RingWriter, ShmRing, fence, polling_word
+from .shm_ring import MAX_LANES, ShmRing, fence, polling_word
 from .shm_ring_reader import RingReader
+from .shm_ring_writer import RingWriter
 from .shm_spin import AdaptiveSpin, LoopSpin
 
 logger = logging.getLogger("actorexec.runtime.transport")
@@ -278,7 +279,7 @@ class RingReceiver:
                     try:
                         deliver(frames)
                     finally:
-                        self._done_with(frames)
+                        self._reader.done_with(frames)  # views released, records handed back
         except BaseException as exc:
             logger.error("%s: receiving failed: %r", self._name, exc)
             self.close(exc)
@@ -314,7 +315,7 @@ class RingReceiver:
                     if not taken:
                         self._kept.append([bytes(frame) for frame in frames])
                 finally:
-                    self._done_with(frames)
+                    self._reader.done_with(frames)  # views released, records handed back
         except BaseException as exc:  # the ring is corrupt: fail on the loop, loudly
             logger.error("%s: receiving failed: %r", self._name, exc)
             self._loop.call_soon_threadsafe(self.close, exc)
@@ -324,11 +325,3 @@ class RingReceiver:
         if self._ring.writer_waiting:
             signal(self._space_fd)
         return taken
-
-    def _done_with(self, frames: list[memoryview]) -> None:
-        for frame in frames:  # a view kept past this point is a bug: make it loud
-            try:  # (try, not contextlib.suppress: this runs for every frame of every message)
-                frame.release()
-            except BufferError:
-                pass
-        self._reader.release()

@@ -1,5 +1,6 @@
-"""The reading end of a shared-memory ring (``shm_ring.py`` has the layout, the writer and
-the protocols both ends follow)."""
+"""The reading end of a shared-memory ring (``shm_ring.py`` has the layout and the protocols
+both ends follow). :class:`RingReader` is the compiled core's reader where it is built
+(``shm_ring_compiled.py``), else :class:`PyRingReader`; both read the same bytes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from .shm_ring import (
     RECORD,
     U32,
     VALID_FLAGS,
-    W_POLLING,
     W_PUBLISHED,
     W_READ0,
     W_WRITE,
@@ -24,13 +24,16 @@ from .shm_ring import (
     fence,
     lengths_struct,
     order,
+    polling_word,
 )
+from .shm_ring_compiled import CORE
 
 
-class RingReader:
+class PyReaderCore:
     """Reader ``index`` of a ring. :meth:`next_message` returns the frames of the next
     message addressed to this reader (views into the ring, valid until
-    :meth:`release`), skipping records for others; raises :class:`RingCorrupt`."""
+    :meth:`release`), skipping records for others; raises :class:`RingCorrupt`. The
+    Python implementation of the compiled ``ReaderCore``."""
 
     def __init__(self, ring: ShmRing, index: int) -> None:
         if not 0 <= index < ring.readers:
@@ -38,27 +41,14 @@ class RingReader:
         self.ring = ring
         self.index = index
         self.bit = 1 << index
-        self._slot = W_READ0 + 8 * index
-        self._pos = ring.words[self._slot]
+        self.slot = W_READ0 + 8 * index
+        self._pos = ring.words[self.slot]
         self._seq = 0
         self._chunks: bytearray | None = None  # a chunked message being joined
 
     def pending(self) -> bool:
         """Has the writer published anything this reader has not consumed?"""
         return self.ring.words[W_WRITE] != self._pos
-
-    def published_s(self) -> float:
-        """When the writer last published a record, in ``time.perf_counter()`` seconds: a
-        reader woken from sleep learns when its message really came (the wake-up's own
-        latency excluded). A hint for timing only, never for correctness."""
-        return self.ring.words[W_PUBLISHED] / 1e9
-
-    def set_polling(self, lane: int, polling: bool) -> None:
-        """Says whether this reader polls the ring for ``lane`` (the writer then skips its
-        signal). Clearing ends with a fence: look at the ring after it, before sleeping."""
-        self.ring.words[self._slot + W_POLLING + lane] = int(polling)
-        if not polling:
-            fence()
 
     def next_lane(self) -> int | None:
         """Without consuming: None if nothing is waiting; else the lane (0 or 1) of the next
@@ -88,6 +78,8 @@ class RingReader:
             self._seq = seq
             wrap = kind == KIND_WRAP
             self._pos += ring.capacity - offset if wrap else align(RECORD.size + body)
+            if self._pos > end:  # never published: the record's length is wrong
+                raise RingCorrupt("a record that ends past the ring's write position")
             if wrap or not targets & self.bit:
                 self.release()
                 continue
@@ -113,7 +105,17 @@ class RingReader:
     def release(self) -> None:
         """Hands back everything read so far (frames of the last message included)."""
         order()  # finish reading the bytes before the writer may reuse them
-        self.ring.words[self._slot] = self._pos
+        self.ring.words[self.slot] = self._pos
+
+    def done_with(self, frames: list[memoryview]) -> None:
+        """Releases a delivered message's frame views (a view kept past this point is a
+        bug: made loud), then hands everything read so far back (:meth:`release`)."""
+        for frame in frames:
+            try:  # (try, not contextlib.suppress: this runs for every frame of every message)
+                frame.release()
+            except BufferError:
+                pass
+        self.release()
 
     def _header(self, offset: int) -> tuple[int, int, int, int, int]:
         ring = self.ring
@@ -147,3 +149,39 @@ class RingReader:
             frames.append(body[at:at + n])
             at += n
         return frames
+
+
+class _Polling:
+    """What both readers share: the publish time and the polling flags (not per message)."""
+
+    __slots__ = ()
+    ring: ShmRing
+    index: int
+
+    def published_s(self) -> float:
+        """When the writer last published a record, in ``time.perf_counter()`` seconds: a
+        reader woken from sleep learns when its message really came (the wake-up's own
+        latency excluded). A hint for timing only, never for correctness."""
+        return self.ring.words[W_PUBLISHED] / 1e9
+
+    def set_polling(self, lane: int, polling: bool) -> None:
+        """Says whether this reader polls the ring for ``lane`` (the writer then skips its
+        signal). Clearing ends with a fence: look at the ring after it, before sleeping."""
+        self.ring.words[polling_word(self.index, lane)] = int(polling)
+        if not polling:
+            fence()
+
+
+class PyRingReader(_Polling, PyReaderCore):
+    """Reader ``index`` of a ring, in Python."""
+
+
+if CORE is not None:
+    class CompiledRingReader(_Polling, CORE.ReaderCore):  # type: ignore[misc,name-defined]
+        """Reader ``index`` of a ring, its per-message work compiled."""
+
+        __slots__ = ()
+
+    RingReader: type[PyRingReader] = CompiledRingReader  # type: ignore[assignment]
+else:
+    RingReader = PyRingReader

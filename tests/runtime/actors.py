@@ -23,6 +23,13 @@ class Counter(Actor):
         return data
 
     @expose
+    def ring_core(self) -> str:
+        """Which ring implementation this process runs (shm_ring_compiled.py)."""
+        from actorexec.runtime.transport import shm_ring_compiled
+
+        return "compiled" if shm_ring_compiled.COMPILED else "python"
+
+    @expose
     def pid(self) -> int:
         return os.getpid()
 

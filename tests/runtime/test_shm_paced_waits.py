@@ -14,8 +14,8 @@ import pytest
 from actorexec.runtime.transport import shm_spin
 from actorexec.runtime.transport.shm_fds import MappedRing, new_eventfd
 from actorexec.runtime.transport.shm_link import RingSender
-from actorexec.runtime.transport.shm_ring import RingWriter
 from actorexec.runtime.transport.shm_ring_reader import RingReader
+from actorexec.runtime.transport.shm_ring_writer import RingWriter
 from actorexec.runtime.transport.shm_spin import PACE_LEAD_S, PACE_SPREAD_S, AdaptiveSpin
 from actorexec.runtime.work_thread import WorkThread, precise_timers
 

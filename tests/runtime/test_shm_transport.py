@@ -163,11 +163,18 @@ async def test_corrupt_framing_in_a_reply_ring_fails_that_ranks_calls_and_kills_
 
 
 @pytest.mark.timeout(90)
-async def test_messages_of_any_size_get_through_full_rings_in_order():
+@pytest.mark.parametrize("child_core", ["default", "python"])
+async def test_messages_of_any_size_get_through_full_rings_in_order(child_core, monkeypatch):
+    """Also with the child on the rings' Python implementation and this process on the
+    compiled one (where built): both read and write the same memory."""
+    if child_core == "python":
+        monkeypatch.setenv("ACTOREXEC_SHM_PURE_PYTHON", "1")  # the child inherits it
     channel = ShmChannel(1, call_capacity=64 << 10, reply_capacity=64 << 10)
     ref = await spawn_counter(channel)
     echo = SPECS["echo"]
     try:
+        if child_core == "python":
+            assert await ref.submit(PreparedCall("ring_core", SPECS["ring_core"])) == "python"
         big = os.urandom(3 << 20)  # 48x either ring: travels in chunks
         assert await ref.submit(PreparedCall("echo", echo, (big,))) == big
         payloads = [os.urandom(4096) + b"%d" % i for i in range(300)]  # ~20x either ring

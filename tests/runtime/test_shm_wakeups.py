@@ -17,8 +17,8 @@ from actorexec.runtime import work_thread
 from actorexec.runtime.transport import shm_spin
 from actorexec.runtime.transport.shm_fds import MappedRing, close_fds, drain, new_eventfd
 from actorexec.runtime.transport.shm_link import RingReceiver, RingSender
-from actorexec.runtime.transport.shm_ring import RingWriter
 from actorexec.runtime.transport.shm_ring_reader import RingReader
+from actorexec.runtime.transport.shm_ring_writer import RingWriter
 from actorexec.runtime.transport.shm_spin import AdaptiveSpin
 from actorexec.runtime.work_thread import WorkThread
 
