@@ -9,7 +9,9 @@ p99 round trip, and the CPU the workers (each, on average) and the driver
 used, in % of one core over the phase's wall time (psutil).
 
 Systems: actorexec's ``mp`` executor over shared memory (``shm``, the default;
-``shm-nopace``: the same with paced waits off, ``ACTOREXEC_SHM_PACE=0``)
+``shm-nopace``: the same with paced waits off, ``ACTOREXEC_SHM_PACE=0``;
+``shm-py``: the same with the rings' Python implementation instead of their
+compiled core, in the driver and, by ``ACTOREXEC_SHM_PURE_PYTHON=1``, the workers)
 and over ZeroMQ ipc (the previous default), with the test ``EchoWorker`` (the
 real Worker, no model; every rank answers a step, the output rank with the
 output); vLLM's ``shm_broadcast.MessageQueue`` wired as vLLM's multiprocess
@@ -58,6 +60,7 @@ from actorexec.protocol import (
 )
 from actorexec.runtime import run
 from actorexec.runtime.loop import loop_factory
+from actorexec.runtime.transport import shm_ring_compiled
 
 WORKER = "tests.actors.executor.workers:EchoWorker"
 Phase = tuple[str, int, float]  # name, calls, gap between calls (s)
@@ -247,7 +250,7 @@ def main() -> None:
                 print(f"rep {rep + 1}/{args.reps}: {key}", flush=True)
                 transport = system.split("-")[0]  # shm-nopace runs over shm
                 if transport in ("shm", "ipc", "tcp"):
-                    with _pace_env(system):  # (uvloop when installed, as the engine's)
+                    with _pace_env(system), _ring_core(system):  # (uvloop when installed)
                         result = run(actorexec_run(transport, workers, phases, args.idle_s),
                                      use_uvloop=False if system.endswith("-asyncio") else None)
                 elif system.startswith("vllm"):
@@ -258,7 +261,9 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
               "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": sys.version.split()[0],
               "vllm": vllm_version, "uvloop": loop_factory() is not None, "args": vars(args),
+              "ring_core": "compiled" if shm_ring_compiled.COMPILED else "python",
               "median_of_runs": _medians(runs), "runs": runs}
+    print(f"ring core: {report['ring_core']}")
     print_table(report["median_of_runs"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -286,6 +291,28 @@ def _pace_env(system: str) -> Iterator[None]:
         os.environ.pop("ACTOREXEC_SHM_PACE", None)
         if saved is not None:
             os.environ["ACTOREXEC_SHM_PACE"] = saved
+
+
+@contextlib.contextmanager
+def _ring_core(system: str) -> Iterator[None]:
+    """``shm-py``: the rings' Python implementation, here (the links built from now on) and
+    in the workers (``ACTOREXEC_SHM_PURE_PYTHON=1``, inherited). A benchmark's switch:
+    the runtime picks its core once, at import."""
+    if system != "shm-py":
+        yield
+        return
+    from actorexec.runtime.transport import shm_link
+    from actorexec.runtime.transport.shm_ring_reader import PyRingReader
+    from actorexec.runtime.transport.shm_ring_writer import PyRingWriter
+
+    saved = shm_link.RingWriter, shm_link.RingReader
+    os.environ["ACTOREXEC_SHM_PURE_PYTHON"] = "1"
+    shm_link.RingWriter, shm_link.RingReader = PyRingWriter, PyRingReader
+    try:
+        yield
+    finally:
+        shm_link.RingWriter, shm_link.RingReader = saved
+        os.environ.pop("ACTOREXEC_SHM_PURE_PYTHON", None)
 
 
 def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
