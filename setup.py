@@ -1,6 +1,6 @@
 """Lists actorexec's sub-packages, which live in top-level folders mapped in pyproject.toml,
 and the one compiled module: the shared-memory ring's core (``runtime/transport/
-_ringcore.c``). It is optional: where it cannot be built (no C compiler) the install
+_ringcore*.c``). It is optional: where it cannot be built (no C compiler) the install
 goes on and the rings run their Python implementation (``shm_ring_compiled.py``)."""
 
 from setuptools import Extension, find_packages, setup
@@ -16,7 +16,9 @@ for folder, name in ROOTS.items():
 
 ring_core = Extension(
     "actorexec.runtime.transport._ringcore",
-    sources=["runtime/transport/_ringcore.c"],
+    sources=[f"runtime/transport/{name}.c"
+             for name in ("_ringcore", "_ringcore_reader", "_ringcore_writer")],
+    depends=["runtime/transport/_ringcore.h"],
     extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-unused-parameter", "-Wno-cast-function-type"],
     optional=True,

@@ -1,4 +1,4 @@
-"""Whether this process uses the ring's compiled core (``_ringcore.c``), and the check that
+"""Whether this process uses the ring's compiled core (``_ringcore*.c``), and the check that
 it matches the layout in ``shm_ring.py``.
 
 The compiled core does a message's ring work (write one record, read one, hand it
