@@ -53,7 +53,7 @@ target=".${extra:+[$extra]}"
 # The install is redone only when what it depends on (pyproject.toml, setup.py,
 # the compiled ring core's source) changed, or it is broken; the Python code is
 # installed editable, so its edits need no reinstall.
-hash="$(cat pyproject.toml setup.py runtime/transport/_ringcore* | python -c \
+hash="$(cat pyproject.toml setup.py runtime/transport/_ringcore*.[ch] | python -c \
     'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 stamp=".venv/.actorexec-installed-${extra:-base}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] &&
