@@ -36,9 +36,14 @@ ringcore_corrupt(const char *format, ...)
 }
 
 int
-ringcore_mem_get(PyObject *data, PyObject *words, Py_ssize_t capacity, Py_ssize_t nwords,
+ringcore_mem_get(PyObject *data, PyObject *words, Py_ssize_t capacity, Py_ssize_t readers,
                  int writable_data, Mem *m)
 {
+    Py_ssize_t nwords = W_READ0 + 8 * readers; /* the header: up to the last reader's line */
+    if (data == NULL) { /* made by __new__ without __init__ */
+        PyErr_SetString(PyExc_ValueError, "the ring core was not initialised");
+        return -1;
+    }
     if (PyObject_GetBuffer(words, &m->words, PyBUF_WRITABLE) < 0)
         return -1;
     if (PyObject_GetBuffer(data, &m->data, writable_data ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {

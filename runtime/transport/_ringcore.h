@@ -87,7 +87,9 @@ typedef struct {
     Py_buffer data, words;
 } Mem;
 
-int ringcore_mem_get(PyObject *data, PyObject *words, Py_ssize_t capacity, Py_ssize_t nwords,
+/* The ring's memory for one call (data, and the header of ``readers`` readers), checked
+ * against the layout; -1 with an exception set if it cannot be had. */
+int ringcore_mem_get(PyObject *data, PyObject *words, Py_ssize_t capacity, Py_ssize_t readers,
                      int writable_data, Mem *m);
 void ringcore_mem_release(Mem *m);
 /* A ShmRing's data and words views and its shape, checked. */

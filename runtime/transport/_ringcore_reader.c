@@ -36,7 +36,7 @@ reader_init(ReaderCore *self, PyObject *args, PyObject *kwds)
     self->index = index;
     self->bit = 1ULL << index;
     self->slot = W_READ0 + 8 * index;
-    if (ringcore_mem_get(self->data, self->words, self->capacity, W_READ0 + 8 * self->readers, 0, &m) < 0)
+    if (ringcore_mem_get(self->data, self->words, self->capacity, self->readers, 0, &m) < 0)
         return -1;
     self->pos = load_acquire((uint64_t *)m.words.buf + self->slot);
     self->seq = 0;
@@ -75,11 +75,7 @@ reader_dealloc(ReaderCore *self)
 static inline int
 reader_mem(ReaderCore *self, Mem *m)
 {
-    if (self->data == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the reader was not initialised");
-        return -1;
-    }
-    return ringcore_mem_get(self->data, self->words, self->capacity, W_READ0 + 8 * self->readers, 0, m);
+    return ringcore_mem_get(self->data, self->words, self->capacity, self->readers, 0, m);
 }
 
 /* The frames of a message body at ``base + start`` (``body`` bytes) of ``source``'s memory,

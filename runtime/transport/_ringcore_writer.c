@@ -211,11 +211,7 @@ parts_copy(const Parts *p, char *to)
 static inline int
 writer_mem(WriterCore *self, Mem *m)
 {
-    if (self->data == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the writer was not initialised");
-        return -1;
-    }
-    return ringcore_mem_get(self->data, self->words, self->capacity, W_READ0 + 8 * self->readers, 1, m);
+    return ringcore_mem_get(self->data, self->words, self->capacity, self->readers, 1, m);
 }
 
 static int
@@ -228,6 +224,42 @@ parse_targets(PyObject *value, uint64_t *targets)
     return 0;
 }
 
+/* One record of ``body`` bytes, written and published: the frame count and lengths first
+ * when ``prefixed`` (a whole message), then ``p``'s bytes. Py_True; Py_False (nothing
+ * written) if it does not fit now; NULL with an exception set. */
+static PyObject *
+writer_put(WriterCore *self, uint64_t body, uint16_t flags, uint64_t targets, const Parts *p,
+           int prefixed)
+{
+    PyObject *result = Py_False;
+    uint64_t offset, end;
+    Mem m;
+    if (writer_mem(self, &m) < 0)
+        return NULL;
+    if (writer_reserve(self, &m, RECORD_SIZE + body, &offset, &end)) {
+        char *at = (char *)m.data.buf + offset;
+        self->seq++;
+        write_record(at, (uint32_t)body, KIND_MESSAGE, flags, self->seq, targets);
+        at += RECORD_SIZE;
+        if (prefixed) {
+            uint32_t count = (uint32_t)p->count;
+            memcpy(at, &count, 4);
+            at += 4;
+            for (Py_ssize_t i = 0; i < p->count; i++) {
+                uint32_t n = (uint32_t)p->len[i];
+                memcpy(at, &n, 4);
+                at += 4;
+            }
+        }
+        parts_copy(p, at);
+        writer_publish(&m, end);
+        result = Py_True;
+    }
+    ringcore_mem_release(&m);
+    Py_INCREF(result);
+    return result;
+}
+
 /* try_write_message(frames, targets, lane=0): ``frames`` as one record, written and
  * published: True; False (nothing written) if it does not fit now; None if it is larger
  * than a quarter of the ring (the caller cuts it into chunks). */
@@ -236,8 +268,7 @@ writer_try_write_message(WriterCore *self, PyObject *const *args, Py_ssize_t nar
 {
     PyObject *fast, *result = NULL;
     Parts p;
-    Mem m;
-    uint64_t targets, body, offset, end;
+    uint64_t targets, body;
     long lane = 0;
     if (nargs < 2 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError, "try_write_message(frames, targets, lane=0)");
@@ -264,30 +295,7 @@ writer_try_write_message(WriterCore *self, PyObject *const *args, Py_ssize_t nar
         Py_INCREF(result);
         goto parts_done;
     }
-    if (writer_mem(self, &m) < 0)
-        goto parts_done;
-    if (!writer_reserve(self, &m, RECORD_SIZE + body, &offset, &end)) {
-        result = Py_False;
-    } else {
-        char *at = (char *)m.data.buf + offset;
-        uint32_t count = (uint32_t)p.count;
-        self->seq++;
-        write_record(at, (uint32_t)body, KIND_MESSAGE, FIRST | LAST | (lane ? LANE1 : 0),
-                     self->seq, targets);
-        at += RECORD_SIZE;
-        memcpy(at, &count, 4);
-        at += 4;
-        for (Py_ssize_t i = 0; i < p.count; i++) {
-            uint32_t n = (uint32_t)p.len[i];
-            memcpy(at, &n, 4);
-            at += 4;
-        }
-        parts_copy(&p, at);
-        writer_publish(&m, end);
-        result = Py_True;
-    }
-    Py_INCREF(result);
-    ringcore_mem_release(&m);
+    result = writer_put(self, body, FIRST | LAST | (lane ? LANE1 : 0), targets, &p, 1);
 parts_done:
     parts_release(&p, p.count);
     Py_DECREF(fast);
@@ -301,10 +309,9 @@ writer_try_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *fast, *result = NULL;
     Parts p;
-    Mem m;
     Py_ssize_t body;
     long flags;
-    uint64_t targets, offset, end;
+    uint64_t targets;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "try_write(parts, body, flags, targets)");
         return NULL;
@@ -336,20 +343,7 @@ writer_try_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
                      (unsigned long long)p.total, body);
         goto parts_done;
     }
-    if (writer_mem(self, &m) < 0)
-        goto parts_done;
-    if (!writer_reserve(self, &m, RECORD_SIZE + (uint64_t)body, &offset, &end)) {
-        result = Py_False;
-    } else {
-        char *at = (char *)m.data.buf + offset;
-        self->seq++;
-        write_record(at, (uint32_t)body, KIND_MESSAGE, (uint16_t)flags, self->seq, targets);
-        parts_copy(&p, at + RECORD_SIZE);
-        writer_publish(&m, end);
-        result = Py_True;
-    }
-    Py_INCREF(result);
-    ringcore_mem_release(&m);
+    result = writer_put(self, (uint64_t)body, (uint16_t)flags, targets, &p, 0);
 parts_done:
     parts_release(&p, p.count);
     Py_DECREF(fast);

@@ -72,9 +72,9 @@ class PyWriterCore:
         if body > ring.max_chunk:
             raise ValueError(f"a record body of {body} bytes exceeds {ring.max_chunk}; "
                              "use message_records")
-        if sum(_frame_lengths(parts)) != body:  # never write past the record
-            raise ValueError(f"parts of {sum(_frame_lengths(parts))} bytes for a record "
-                             f"body of {body}")
+        total = sum(_frame_lengths(parts))
+        if total != body:  # never write past the record
+            raise ValueError(f"parts of {total} bytes for a record body of {body}")
         start = self._reserve(RECORD.size + body)
         if start is None:
             return False
