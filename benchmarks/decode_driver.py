@@ -2,7 +2,8 @@
 
 It builds diff-style SchedulerOutputs by hand (as an engine would) so that a
 benchmark measures the executor and workers, not a scheduler's policy. Each
-group owns disjoint KV blocks, so several groups can be in flight at once.
+group owns disjoint KV blocks and runner slots, so several groups can be in
+flight at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _step_ids = itertools.count(1)
 
 @dataclass
 class RequestGroup:
-    """``num_reqs`` requests of ``prompt_len`` tokens, blocks from ``first_block`` on."""
+    """``num_reqs`` requests of ``prompt_len`` tokens, blocks from ``first_block`` on, runner
+    slots from ``first_slot`` on."""
 
     name: str
     num_reqs: int
@@ -32,10 +34,13 @@ class RequestGroup:
     block_size: int
     first_block: int
     vocab_size: int
+    first_slot: int = 0
     tokens: dict[str, list[int]] = field(default_factory=dict)
     blocks: dict[str, list[int]] = field(default_factory=dict)
     computed: dict[str, int] = field(default_factory=dict)  # positions scheduled so far
     pending: dict[str, list[int]] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
+    batches: dict[int, list[str]] = field(default_factory=dict)  # step id -> its requests
 
     def __post_init__(self) -> None:
         per_req = -(-(self.prompt_len + self.max_new_tokens) // self.block_size)
@@ -47,6 +52,7 @@ class RequestGroup:
                                 for j in range(self.prompt_len)]
             self.computed[rid] = 0
             self.pending[rid] = []
+            self.slots[rid] = self.first_slot + i
 
     @property
     def num_blocks(self) -> int:
@@ -63,7 +69,8 @@ class RequestGroup:
             if used and used + len(toks) > budget:
                 steps.append(so)
                 so, used = SchedulerOutput(step_id=next(_step_ids)), 0
-            so.add_new(NewRequestData(req_id=rid, prompt_token_ids=list(toks),
+            self.batches.setdefault(so.step_id, []).append(rid)
+            so.add_new(NewRequestData(req_id=rid, slot=self.slots[rid], prompt_token_ids=list(toks),
                                       sampling_params=GREEDY, block_ids=self.blocks[rid]),
                        len(toks))
             used += len(toks)
@@ -75,12 +82,13 @@ class RequestGroup:
         ``on_device`` (async scheduling) that token is taken from the runners' device rows,
         so the step may be sent before the previous one's output arrived."""
         so = SchedulerOutput(step_id=next(_step_ids))
+        self.batches[so.step_id] = list(self.tokens)
         for rid in self.tokens:
             if on_device:
-                so.add_cached(rid, num_computed_tokens=self.computed[rid],
+                so.add_cached(self.slots[rid], num_computed_tokens=self.computed[rid],
                               num_scheduled_tokens=1, num_device_tokens=1)
             else:
-                so.add_cached(rid, num_computed_tokens=self.computed[rid],
+                so.add_cached(self.slots[rid], num_computed_tokens=self.computed[rid],
                               num_scheduled_tokens=1, new_token_ids=self.pending[rid])
             self.pending[rid] = []
             self.computed[rid] += 1
@@ -88,12 +96,13 @@ class RequestGroup:
 
     def finish(self) -> SchedulerOutput:
         """A step that only drops the group's requests (the runners free their rows)."""
-        return SchedulerOutput(step_id=next(_step_ids), finished_req_ids=list(self.tokens))
+        return SchedulerOutput(step_id=next(_step_ids), finished_slots=list(self.slots.values()))
 
     def absorb(self, out: ModelRunnerOutput) -> int:
-        """Record sampled tokens; returns how many were sampled."""
+        """Record sampled tokens (the output lists its step's requests in batch order);
+        returns how many were sampled."""
         n = 0
-        for rid, toks in zip(out.req_ids, out.sampled_lists(), strict=True):
+        for rid, toks in zip(self.batches.pop(out.step_id), out.sampled_lists(), strict=True):
             self.tokens[rid].extend(toks)
             self.pending[rid].extend(toks)
             n += len(toks)

@@ -91,14 +91,15 @@ class Driver:
         prompt = {r: [(7 * i + 13 * j + 3) % self.vocab for j in range(context)]
                   for i, r in enumerate(ids)}
         last: dict[str, int] = {}
+        slot = {r: i for i, r in enumerate(ids)}  # runner slots: steps name requests by them
         per_step = max(1, self.budget // context)
         for s in range(0, batch, per_step):  # chunked by whole prompts
             so = self._so()
             for r in ids[s: s + per_step]:
-                so.add_new(NewRequestData(req_id=r, prompt_token_ids=prompt[r],
+                so.add_new(NewRequestData(req_id=r, slot=slot[r], prompt_token_ids=prompt[r],
                                           sampling_params=GREEDY, block_ids=blocks[r]), context)
             out = await self.executor.execute_model(so)
-            last.update({r: t[0] for r, t in zip(out.req_ids, out.sampled_lists(),
+            last.update({r: t[0] for r, t in zip(ids[s: s + per_step], out.sampled_lists(),
                                                  strict=True)})
         computed = dict.fromkeys(ids, context)
         if probe is not None:
@@ -113,12 +114,12 @@ class Driver:
                 profiler.__enter__()
             so = self._so()
             for r in ids:
-                so.add_cached(r, num_computed_tokens=computed[r], num_scheduled_tokens=1,
+                so.add_cached(slot[r], num_computed_tokens=computed[r], num_scheduled_tokens=1,
                               new_token_ids=[last[r]])
             t0 = time.perf_counter()
             out = await self.executor.execute_model(so)
             times.append(time.perf_counter() - t0)
-            for r, t in zip(out.req_ids, out.sampled_lists(), strict=True):
+            for r, t in zip(ids, out.sampled_lists(), strict=True):
                 last[r] = t[0]
                 computed[r] += 1
         table = None
@@ -130,7 +131,7 @@ class Driver:
         if table is not None:
             extra["host_ops"] = table
         done = self._so()
-        done.finished_req_ids = ids
+        done.finished_slots = list(slot.values())
         await self.executor.execute_model(done)
         return times, extra
 

@@ -109,9 +109,9 @@ _names = iter(range(1 << 30))
 
 def make_groups(run: Run, prompt_len: int, steps: int, vocab: int) -> list[RequestGroup]:
     groups, next_block = [], 0
-    for _ in range(run.groups):
+    for k in range(run.groups):
         g = RequestGroup(f"g{next(_names)}", run.batch, prompt_len, steps + 4, BLOCK,
-                         next_block, vocab)
+                         next_block, vocab, first_slot=k * run.batch)
         next_block += g.num_blocks
         groups.append(g)
     return groups

@@ -67,10 +67,9 @@ Phase = tuple[str, int, float]  # name, calls, gap between calls (s)
 
 
 def decode_step(n: int = 256) -> SchedulerOutput:
-    ids = [f"req-{i}" for i in range(n)]
     so = SchedulerOutput(step_id=1)
-    for i, req_id in enumerate(ids):
-        so.add_cached(req_id, num_computed_tokens=100 + i, num_scheduled_tokens=1,
+    for i in range(n):  # request i in runner slot i
+        so.add_cached(i, num_computed_tokens=100 + i, num_scheduled_tokens=1,
                       new_token_ids=[i])
     return so
 

@@ -94,9 +94,8 @@ class PlainRayWorker:
         so = self.decoder.decode(payload)
         if self.rank != 0:
             return None
-        req_ids = so.req_ids
         return msgspec.msgpack.encode(ModelRunnerOutput.from_lists(
-            so.step_id, req_ids, [[so.step_id]] * len(req_ids)))
+            so.step_id, [[so.step_id]] * so.num_reqs))
 
 
 async def bench_plain_ray(workers: int, iters: int) -> dict[str, dict[str, float]]:

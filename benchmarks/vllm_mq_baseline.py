@@ -116,9 +116,8 @@ def _echo_output(so: Any) -> Any:
         return VllmModelRunnerOutput(req_ids=req_ids,
                                      req_id_to_index={r: i for i, r in enumerate(req_ids)},
                                      sampled_token_ids=[[1]] * len(req_ids))
-    req_ids = so.req_ids  # as EchoRunner builds it
-    return ModelRunnerOutput(step_id=so.step_id, req_ids=req_ids,
-                             sampled_token_ids=pack_int32([so.step_id] * len(req_ids)))
+    return ModelRunnerOutput(step_id=so.step_id,  # as EchoRunner builds it
+                             sampled_token_ids=pack_int32([so.step_id] * so.num_reqs))
 
 
 def vllm_available() -> str | None:

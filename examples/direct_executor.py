@@ -39,8 +39,10 @@ async def main(model: str, backend: str, steps: int) -> None:
         # Step 0, prefill: the request in full; all 6 prompt tokens run.
         step = SchedulerOutput(step_id=0)
         greedy = SamplingParams(temperature=0.0, max_tokens=steps)
-        step.add_new(NewRequestData(req_id="r0", prompt_token_ids=prompt, block_ids=blocks,
-                                    sampling_params=greedy), num_scheduled_tokens=len(prompt))
+        # Slot 0 names r0 in every later step, until a step drops it.
+        step.add_new(NewRequestData(req_id="r0", slot=0, prompt_token_ids=prompt,
+                                    block_ids=blocks, sampling_params=greedy),
+                     num_scheduled_tokens=len(prompt))
         out = await executor.execute_model(step)
         tokens = out.sampled_lists()[0]
         print(f"step 0 (prefill {len(prompt)} tokens) -> {tokens}")
@@ -51,14 +53,14 @@ async def main(model: str, backend: str, steps: int) -> None:
             new_blocks = [len(blocks)] if num_computed == len(blocks) * kv.block_size else []
             blocks += new_blocks
             step = SchedulerOutput(step_id=step_id)
-            step.add_cached("r0", num_computed_tokens=num_computed, num_scheduled_tokens=1,
+            step.add_cached(0, num_computed_tokens=num_computed, num_scheduled_tokens=1,
                             new_token_ids=tokens[-1:], new_block_ids=new_blocks)
             out = await executor.execute_model(step)
             tokens += out.sampled_lists()[0]
             print(f"step {step_id} (decode, blocks {blocks}) -> {out.sampled_lists()[0]}")
 
-        # Tell the runner to forget r0 (an empty step that only carries finished ids).
-        await executor.execute_model(SchedulerOutput(step_id=steps, finished_req_ids=["r0"]))
+        # Tell the runner to forget r0 (an empty step that only frees its slot).
+        await executor.execute_model(SchedulerOutput(step_id=steps, finished_slots=[0]))
         text = bytes(t - 3 for t in tokens if 3 <= t < 259).decode("utf-8", "replace")
         print(f"generated token ids {tokens} = {text!r}")
 

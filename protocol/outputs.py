@@ -1,6 +1,6 @@
 """The per-step result of the output rank (last pipeline stage, TP rank 0).
 
-Structural checks only (lists that must line up, ids that must be ids): a
+Structural checks only (columns that must line up, ids that must be ids): a
 reply that fails them decodes as a ``ProtocolError`` on the caller. Values
 the model computed (logprobs, even NaN) are passed on as they are.
 """
@@ -13,7 +13,7 @@ from itertools import chain
 import msgspec
 
 from .checks import INT32_MAX
-from .columns import int32s, pack_int32, ragged_mismatch, split_ragged
+from .columns import int32s, num_values, pack_int32, ragged_mismatch, split_ragged
 
 
 class TokenLogprobs(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -35,23 +35,24 @@ class TokenLogprobs(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fi
 
 class ModelRunnerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
                         forbid_unknown_fields=True):
-    """Token ids sampled this step, per scheduled request (in ``req_ids`` order), as
-    int32 columns (``columns.py``): ``num_sampled[i]`` of the flat
-    ``sampled_token_ids`` are request ``i``'s, after request ``i - 1``'s. An
-    empty ``num_sampled`` means one token per request (every decode step), so
-    that case carries and checks no counts.
+    """Token ids sampled this step, per scheduled request in the step's batch order
+    (``SchedulerOutput.slots``: no ids travel back), as int32 columns
+    (``columns.py``): ``num_sampled[i]`` of the flat ``sampled_token_ids`` are
+    request ``i``'s, after request ``i - 1``'s. An empty ``num_sampled`` means
+    one token per request (every decode step), so that case carries and checks
+    no counts. Whoever sent the step knows its requests; ``num_reqs`` must
+    match them (the engine checks).
 
-    A request still in chunked prefill samples 0 tokens. ``logprobs`` holds an
-    entry for each request that asked for them and sampled a token. Build one
-    from Python lists with ``from_lists``; read it with ``sampled_lists`` or
-    ``tokens_by_request``.
+    A request still in chunked prefill samples 0 tokens. ``logprobs`` maps the
+    batch position of each request that asked for them and sampled a token to
+    its entries. Build one from Python lists with ``from_lists``; read it with
+    ``sampled_lists``.
     """
 
     step_id: int = 0
-    req_ids: list[str] = []
     num_sampled: bytes = b""
     sampled_token_ids: bytes = b""
-    logprobs: dict[str, list[TokenLogprobs]] = {}
+    logprobs: dict[int, list[TokenLogprobs]] = {}
 
     def __post_init__(self) -> None:
         # Cheap (no per-token work in the one-token-each case): a reply that does not line
@@ -62,39 +63,35 @@ class ModelRunnerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
                              "ModelRunnerOutput.from_lists")
         tokens = int32s(self.sampled_token_ids)
         if self.num_sampled:
-            counts = int32s(self.num_sampled)
-            if len(counts) != len(self.req_ids):
-                raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids but "
-                                 f"{len(counts)} sampled counts")
-            if (why := ragged_mismatch(counts, tokens)) is not None:
+            if (why := ragged_mismatch(int32s(self.num_sampled), tokens)) is not None:
                 raise ValueError(f"ModelRunnerOutput's counts do not add up to its sampled "
                                  f"tokens: {why}")
-        elif len(tokens) != len(self.req_ids):
-            raise ValueError(f"ModelRunnerOutput has {len(self.req_ids)} req_ids and no "
-                             f"counts (one token each) but {len(tokens)} sampled tokens")
-        if self.logprobs and not self.logprobs.keys() <= set(self.req_ids):
-            raise ValueError("ModelRunnerOutput.logprobs names requests not in req_ids")
+        if self.logprobs and not (0 <= min(self.logprobs) and max(self.logprobs)
+                                  < self.num_reqs):
+            raise ValueError(f"ModelRunnerOutput.logprobs names batch positions outside "
+                             f"[0, {self.num_reqs})")
+
+    @property
+    def num_reqs(self) -> int:
+        """How many requests the output is for (one token each when ``num_sampled`` is empty)."""
+        return num_values(self.num_sampled or self.sampled_token_ids)
 
     @classmethod
-    def from_lists(cls, step_id: int, req_ids: list[str], sampled_token_ids: list[list[int]],
-                   logprobs: dict[str, list[TokenLogprobs]] | None = None) -> ModelRunnerOutput:
-        """The output with request ``req_ids[i]``'s tokens ``sampled_token_ids[i]``."""
+    def from_lists(cls, step_id: int, sampled_token_ids: list[list[int]],
+                   logprobs: dict[int, list[TokenLogprobs]] | None = None) -> ModelRunnerOutput:
+        """The output with the step's ``i``-th request's tokens ``sampled_token_ids[i]``."""
         counts = list(map(len, sampled_token_ids))
         one_each = counts.count(1) == len(counts)
-        return cls(step_id=step_id, req_ids=req_ids,
-                   num_sampled=b"" if one_each else pack_int32(counts),
+        return cls(step_id=step_id, num_sampled=b"" if one_each else pack_int32(counts),
                    sampled_token_ids=pack_int32(list(chain.from_iterable(sampled_token_ids))),
                    logprobs=logprobs or {})
 
     def sampled_lists(self) -> list[list[int]]:
-        """Each request's sampled token ids, in ``req_ids`` order."""
+        """Each request's sampled token ids, in the step's batch order."""
         tokens = int32s(self.sampled_token_ids)
         if not self.num_sampled:
             return [[t] for t in tokens.tolist()]
         return split_ragged(int32s(self.num_sampled), tokens)
-
-    def tokens_by_request(self) -> dict[str, list[int]]:
-        return dict(zip(self.req_ids, self.sampled_lists(), strict=True))
 
 
 class StepTiming(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):

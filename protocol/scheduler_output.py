@@ -6,13 +6,19 @@ in ``CachedRequestData`` with only what changed: the tokens it gained since
 its last scheduled step (``new_token_ids``: tokens sampled by the last
 pipeline stage, sent to every rank so all ranks hold the same token list), the
 blocks appended to its block table, and ``num_computed_tokens``, which must be
-exactly where its previous step ended. With async scheduling a request may
+exactly where its previous step ended. A cached request is named by its
+*slot*, not its id: the scheduler gives each request a slot (a small integer
+below ``max_num_seqs``) in its ``NewRequestData`` and names it by that slot in
+every later step until it drops it; the runners keep the slot -> request
+table. The id (a string, ~30 ns and an object to decode per request) travels
+once; a 256-request decode step's slots are one int32 column. With async scheduling a request may
 instead gain the token its previous step sampled *without the host knowing
 it* (``num_device_tokens``: 1): the runner wrote that token into the
 request's row on the device right after sampling, so the step reads it there.
-``finished_req_ids`` lists requests whose state every rank drops; a preempted
-request is dropped that way and later sent again as a ``NewRequestData`` that
-starts at token 0 (recompute).
+``finished_slots`` lists the slots whose request every rank drops (before the
+step's new requests are added, so a slot freed here may be given to a new
+request in the same step); a preempted request is dropped that way and later
+sent again as a ``NewRequestData`` that starts at token 0 (recompute).
 
 Tokens a request runs this step are ``all_tokens[num_computed : num_computed
 + num_scheduled_tokens]``; the last of those produces the sampled token once
@@ -49,6 +55,7 @@ class NewRequestData(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
     """
 
     req_id: str
+    slot: int                      # its name in later steps, in [0, max_num_seqs)
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     block_ids: list[int]
@@ -68,7 +75,8 @@ def _column() -> bytearray:
 class CachedRequestData(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_fields=True):
     """Diffs for requests the runner already holds, as int32 columns (``columns.py``).
 
-    Entry ``i`` of each per-request column belongs to ``req_ids[i]``. The
+    Entry ``i`` of each per-request column belongs to the request in slot
+    ``slots[i]`` (``NewRequestData.slot``). The
     tokens and blocks a request gains are ragged: ``num_new_tokens[i]`` of the
     flat ``new_token_ids`` (and ``num_new_blocks[i]`` of ``new_block_ids``)
     are request ``i``'s, after request ``i - 1``'s. ``num_device_tokens[i]``
@@ -80,7 +88,7 @@ class CachedRequestData(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_f
     async scheduling).
     """
 
-    req_ids: list[str] = []
+    slots: bytearray = msgspec.field(default_factory=_column)
     num_computed_tokens: bytearray = msgspec.field(default_factory=_column)
     num_scheduled_tokens: bytearray = msgspec.field(default_factory=_column)
     num_new_tokens: bytearray = msgspec.field(default_factory=_column)
@@ -91,9 +99,9 @@ class CachedRequestData(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_f
 
     @property
     def num_reqs(self) -> int:
-        return len(self.req_ids)
+        return num_values(self.slots)
 
-    def add(self, req_id: str, new_token_ids: Sequence[int], new_block_ids: Sequence[int],
+    def add(self, slot: int, new_token_ids: Sequence[int], new_block_ids: Sequence[int],
             num_computed_tokens: int, num_scheduled_tokens: int,
             num_device_tokens: int = 0) -> None:
         """Appends one request's diff to every column at once, so they stay aligned;
@@ -101,35 +109,35 @@ class CachedRequestData(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_f
         try:  # every value packed (range-checked) before anything changes
             scalars = _FOUR_INT32.pack(num_computed_tokens, num_scheduled_tokens,
                                        len(new_token_ids), len(new_block_ids))
-            device = _ONE_INT32.pack(num_device_tokens)
+            device, slot_value = _ONE_INT32.pack(num_device_tokens), _ONE_INT32.pack(slot)
         except struct.error as exc:
-            raise OverflowError(f"request {req_id!r}: {exc}") from None
+            raise OverflowError(f"slot {slot!r}: {exc}") from None
         tokens = pack_int32(new_token_ids) if new_token_ids else b""
         blocks = pack_int32(new_block_ids) if new_block_ids else b""
         if num_device_tokens or self.num_device_tokens:  # the column exists once one is nonzero
-            missing = len(self.req_ids) - num_values(self.num_device_tokens)
+            missing = self.num_reqs - num_values(self.num_device_tokens)
             self.num_device_tokens += bytes(INT32_BYTES * missing) + device
         self.new_token_ids += tokens
         self.new_block_ids += blocks
-        self.req_ids.append(req_id)
+        self.slots += slot_value
         self.num_computed_tokens += scalars[0:4]
         self.num_scheduled_tokens += scalars[4:8]
         self.num_new_tokens += scalars[8:12]
         self.num_new_blocks += scalars[12:16]
 
     @classmethod
-    def from_lists(cls, req_ids: list[str], num_computed_tokens: list[int],
+    def from_lists(cls, slots: list[int], num_computed_tokens: list[int],
                    num_scheduled_tokens: list[int], new_token_ids: list[list[int]],
                    new_block_ids: list[list[int]], num_device_tokens: list[int] | None = None
                    ) -> CachedRequestData:
         """All requests' diffs at once, one list entry per request (the scheduler's path:
         ~0.4 µs a request against ~1 µs through ``add``); ``OverflowError`` outside int32."""
-        if not (len(req_ids) == len(num_computed_tokens) == len(num_scheduled_tokens)
+        if not (len(slots) == len(num_computed_tokens) == len(num_scheduled_tokens)
                 == len(new_token_ids) == len(new_block_ids)) or (
-                num_device_tokens and len(num_device_tokens) != len(req_ids)):
+                num_device_tokens and len(num_device_tokens) != len(slots)):
             raise ValueError("CachedRequestData.from_lists needs one entry per request in "
                              "every list")
-        return cls(req_ids=req_ids,
+        return cls(slots=bytearray(pack_int32(slots)),
                    num_computed_tokens=bytearray(pack_int32(num_computed_tokens)),
                    num_scheduled_tokens=bytearray(pack_int32(num_scheduled_tokens)),
                    num_new_tokens=bytearray(pack_int32(map(len, new_token_ids))),
@@ -152,9 +160,10 @@ class SchedulerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False
     """One step: which requests run how many tokens, and the state diff.
 
     ``step_id`` increases by one per step from the engine; workers process
-    steps in submission order. The batch order is ``req_ids``: new requests
-    first, then cached ones. Token counts live with each request (a new
-    request's ``num_scheduled_tokens``, a cached one's column entry);
+    steps in submission order. The batch order is ``slots``: new requests
+    first, then cached ones; the output lists its requests in that order.
+    Token counts live with each request (a new request's
+    ``num_scheduled_tokens``, a cached one's column entry);
     ``num_scheduled_tokens`` and ``total_num_scheduled_tokens`` are derived
     from them (never sent, so they cannot disagree).
     """
@@ -162,20 +171,25 @@ class SchedulerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False
     step_id: int = 0
     scheduled_new_reqs: list[NewRequestData] = []
     scheduled_cached_reqs: CachedRequestData = msgspec.field(default_factory=CachedRequestData)
-    finished_req_ids: list[str] = []
+    finished_slots: list[int] = []
 
     @property
-    def req_ids(self) -> list[str]:
-        """Every request the step runs, in batch order."""
-        return [r.req_id for r in self.scheduled_new_reqs] + self.scheduled_cached_reqs.req_ids
+    def num_reqs(self) -> int:
+        return len(self.scheduled_new_reqs) + self.scheduled_cached_reqs.num_reqs
 
     @property
-    def num_scheduled_tokens(self) -> dict[str, int]:
-        """Request id -> tokens it runs this step, in batch order (built on each call)."""
-        counts = {r.req_id: r.num_scheduled_tokens for r in self.scheduled_new_reqs}
+    def slots(self) -> list[int]:
+        """The slot of every request the step runs, in batch order."""
+        return ([r.slot for r in self.scheduled_new_reqs]
+                + int32s(self.scheduled_cached_reqs.slots).tolist())
+
+    @property
+    def num_scheduled_tokens(self) -> dict[int, int]:
+        """Slot -> tokens its request runs this step, in batch order (built on each call)."""
+        counts = {r.slot: r.num_scheduled_tokens for r in self.scheduled_new_reqs}
         cached = self.scheduled_cached_reqs
-        counts.update(zip(cached.req_ids, int32s(cached.num_scheduled_tokens).tolist(),
-                          strict=True))
+        counts.update(zip(int32s(cached.slots).tolist(),
+                          int32s(cached.num_scheduled_tokens).tolist(), strict=True))
         return counts
 
     @property
@@ -188,11 +202,12 @@ class SchedulerOutput(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False
         request.num_scheduled_tokens = num_scheduled_tokens
         self.scheduled_new_reqs.append(request)
 
-    def add_cached(self, req_id: str, *, num_computed_tokens: int, num_scheduled_tokens: int,
+    def add_cached(self, slot: int, *, num_computed_tokens: int, num_scheduled_tokens: int,
                    new_token_ids: Sequence[int] = (), new_block_ids: Sequence[int] = (),
                    num_device_tokens: int = 0) -> None:
-        """Schedules a request the runner holds: what it gained (host-known tokens, or its
-        last sampled token still on the device), where it starts, how many run."""
-        self.scheduled_cached_reqs.add(req_id, new_token_ids, new_block_ids,
+        """Schedules the request the runner holds in ``slot``: what it gained (host-known
+        tokens, or its last sampled token still on the device), where it starts, how
+        many run."""
+        self.scheduled_cached_reqs.add(slot, new_token_ids, new_block_ids,
                                        num_computed_tokens, num_scheduled_tokens,
                                        num_device_tokens)

@@ -264,9 +264,9 @@ class AsyncEngine:
         while self._in_flight and self._in_flight[0].future.done():
             item = self._in_flight.pop(0)
             output = item.future.result()
-            for req, new_tokens in self.scheduler.update_from_output(item.step, output):
+            for req, new_tokens, logprobs in self.scheduler.update_from_output(item.step,
+                                                                                output):
                 if new_tokens or req.is_finished:
-                    logprobs = output.logprobs.get(req.req_id, [])[:len(new_tokens)]
                     self._publish(req, new_tokens, logprobs)
 
     def _publish(self, req: Request, new_tokens: list[int],

@@ -26,7 +26,8 @@ class Request:
     """Scheduler-side state of one request.
 
     The scheduler keeps what the runner knows (``num_sent_tokens``,
-    ``num_sent_blocks``, ``known_to_runner``) so each step sends only the diff.
+    ``num_sent_blocks``, and ``slot``: the runner slot that names it in steps while
+    the runners hold it) so each step sends only the diff.
     ``num_computed_tokens`` advances when a step is scheduled: the schedule is
     as good as done, since workers run steps in order. With async scheduling a
     request can be in two in-flight steps; ``num_output_placeholders`` counts
@@ -47,13 +48,17 @@ class Request:
     num_in_flight: int = 0                         # in-flight steps it is in (0, 1 or 2)
     last_step_id: int = -1                         # the latest step it was scheduled in
     num_output_placeholders: int = 0               # tokens in-flight steps will sample for it
-    known_to_runner: bool = False
+    slot: int | None = None                        # its runner slot; None: runners lack it
     num_sent_tokens: int = 0
     num_sent_blocks: int = 0
     num_preemptions: int = 0
     # A suspect of repeated executor failures (engine/supervisor.py): runs only while no
     # other isolated request runs, until it produces a token.
     isolated: bool = False
+
+    @property
+    def known_to_runner(self) -> bool:
+        return self.slot is not None
 
     @property
     def num_tokens(self) -> int:

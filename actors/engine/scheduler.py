@@ -6,8 +6,13 @@ waiting ones in arrival order while the token budget, ``max_num_seqs`` and
 free blocks allow. When a running request needs a block and none is free,
 the newest running request that is not in flight is preempted by recompute.
 
-Preemption, as the runner sees it: the victim's id goes into that step's
-``finished_req_ids`` (the runner drops it) and its blocks are freed. Later it
+Slots: a request the runners hold is named in steps by its slot, a number
+below ``max_num_seqs`` given when it is first scheduled (``NewRequestData.slot``)
+and freed when the runners are told to drop it; a step's output lists its
+requests in the step's batch order, which the scheduler keeps per step.
+
+Preemption, as the runner sees it: the victim's slot goes into that step's
+``finished_slots`` (the runner drops it) and its blocks are freed. Later it
 is sent again as a ``NewRequestData`` with its prompt, the outputs so far in
 ``output_token_ids`` and ``num_computed_tokens=0``, so every token is
 recomputed. This uses only the plain new/finished paths of the runner; no
@@ -41,9 +46,11 @@ from actorexec.protocol import (
     InvalidRequestError,
     ModelRunnerOutput,
     NewRequestData,
+    ProtocolError,
     SamplingParams,
     SchedulerConfig,
     SchedulerOutput,
+    TokenLogprobs,
 )
 
 from .block_pool import BlockPool
@@ -74,8 +81,10 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []       # admission order; the tail is preempted first
-        self._to_drop: list[str] = []          # ids the runner must forget next step
+        self._to_drop: list[int] = []          # slots the runner must forget next step
+        self._free_slots = self._all_slots()
         self._step_id = 0
+        self._batches: dict[int, list[Request]] = {}   # step id -> its requests, batch order
         self._sampling: dict[int, list[Request]] = {}  # step id -> requests it samples for
         self._arrivals = 0
         self.num_preemptions = 0
@@ -129,8 +138,9 @@ class Scheduler:
         requests that no longer fit the new cache, finished with ``"error"``.
         """
         self.pool = BlockPool(num_blocks, self.pool.block_size)
-        self.running, self._to_drop = [], []
-        self._sampling.clear()  # the steps those placeholders waited for never reply
+        self.running, self._to_drop, self._free_slots = [], [], self._all_slots()
+        self._batches.clear()   # the steps in flight never reply
+        self._sampling.clear()
         unfit: list[Request] = []
         live: list[Request] = []
         for req in list(self.requests.values()):
@@ -140,7 +150,7 @@ class Scheduler:
             req.status = RequestStatus.WAITING
             req.block_ids, req.num_computed_tokens = [], 0
             req.num_in_flight, req.num_output_placeholders, req.last_step_id = 0, 0, -1
-            req.known_to_runner, req.num_sent_tokens, req.num_sent_blocks = False, 0, 0
+            req.slot, req.num_sent_tokens, req.num_sent_blocks = None, 0, 0
             longest = self._longest(len(req.prompt_token_ids), req.sampling_params.max_tokens)
             fits = self.pool.blocks_for(longest) <= num_blocks
             (live if fits else unfit).append(req)
@@ -149,6 +159,10 @@ class Scheduler:
             req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ERROR
             del self.requests[req.req_id]
         return unfit
+
+    def _all_slots(self) -> list[int]:
+        """Every runner slot, free (popped lowest first)."""
+        return list(range(self.config.max_num_seqs - 1, -1, -1))
 
     def _longest(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """The most tokens a request may hold in the KV cache."""
@@ -269,17 +283,21 @@ class Scheduler:
 
     def _forget(self, req: Request) -> None:
         """Tells the runner (next step) to drop ``req``; it is re-sent in full if it runs again."""
-        if req.known_to_runner:
-            self._to_drop.append(req.req_id)
-            req.known_to_runner = False
+        if req.slot is not None:
+            # Free at once: the runners drop it before the next step's new requests.
+            self._to_drop.append(req.slot)
+            self._free_slots.append(req.slot)
+            req.slot = None
             req.num_sent_tokens = 0
             req.num_sent_blocks = 0
 
     def _build_output(self, order: list[Request], scheduled: dict[str, int]) -> SchedulerOutput:
-        out = SchedulerOutput(step_id=self._step_id, finished_req_ids=self._to_drop)
+        out = SchedulerOutput(step_id=self._step_id, finished_slots=self._to_drop)
         sampling: list[Request] = []
+        new_reqs: list[Request] = []
+        cached_reqs: list[Request] = []
         # Cached requests' diffs, one entry each, packed into columns at the end.
-        ids: list[str] = []
+        slots: list[int] = []
         starts: list[int] = []
         counts: list[int] = []
         tokens: list[list[int]] = []
@@ -287,18 +305,22 @@ class Scheduler:
         device: list[int] = []
         for req in order:
             total = req.num_tokens_with_placeholders
-            if not req.known_to_runner:   # never in flight: the host knows all its tokens
+            if req.slot is None:   # never in flight: the host knows all its tokens
+                # Running requests are at most max_num_seqs, so a slot is free.
+                req.slot = self._free_slots.pop()
                 out.add_new(NewRequestData(
-                    req_id=req.req_id, prompt_token_ids=list(req.prompt_token_ids),
+                    req_id=req.req_id, slot=req.slot,
+                    prompt_token_ids=list(req.prompt_token_ids),
                     sampling_params=req.sampling_params, block_ids=list(req.block_ids),
                     output_token_ids=list(req.output_token_ids)), scheduled[req.req_id])
-                req.known_to_runner = True
+                new_reqs.append(req)
             else:
                 # The runner gains the host-known tokens it lacks, then (async) the one
                 # sampled token whose value is still on the device.
                 sent, known, prompt = (req.num_sent_tokens, req.num_tokens,
                                        len(req.prompt_token_ids))
-                ids.append(req.req_id)
+                slots.append(req.slot)
+                cached_reqs.append(req)
                 starts.append(req.num_computed_tokens)
                 counts.append(scheduled[req.req_id])
                 tokens.append(req.output_token_ids[sent - prompt:known - prompt])
@@ -315,39 +337,50 @@ class Scheduler:
         num_device = sum(device)
         self.num_device_tokens += num_device
         out.scheduled_cached_reqs = CachedRequestData.from_lists(
-            ids, starts, counts, tokens, blocks, device if num_device else None)
+            slots, starts, counts, tokens, blocks, device if num_device else None)
+        self._batches[self._step_id] = new_reqs + cached_reqs
         self._sampling[self._step_id] = sampling
         self._to_drop = []
         self._step_id += 1
         return out
 
     # ------------------------------------------------------------------ outputs
-    def update_from_output(self, step: SchedulerOutput,
-                           output: ModelRunnerOutput) -> list[tuple[Request, list[int]]]:
-        """Applies one step's sampled tokens; returns ``(request, new tokens)`` per live request.
+    def batch(self, step_id: int) -> list[Request]:
+        """The requests of an in-flight step, in its batch order (the order of its output)."""
+        return list(self._batches[step_id])
 
-        Requests that finish here are released (blocks freed, runner told to
-        drop them next step). Aborted requests' tokens are ignored, and so is
-        the token of a step that was in flight when its request finished (the
+    def update_from_output(self, step: SchedulerOutput, output: ModelRunnerOutput
+                           ) -> list[tuple[Request, list[int], list[TokenLogprobs]]]:
+        """Applies one step's sampled tokens; returns ``(request, new tokens, their logprobs)``
+        per live request.
+
+        ``output`` lists the step's requests in its batch order; one for another
+        step, or for another number of requests, is a ``ProtocolError`` (changing
+        nothing). Requests that finish here are released (blocks freed, runner
+        told to drop them next step). Aborted requests' tokens are ignored, and so
+        is the token of a step that was in flight when its request finished (the
         overshoot of async scheduling). With async scheduling, steps' outputs
         must arrive in step order (they do: workers reply in order).
         """
-        sampled = output.tokens_by_request()
+        batch = self._batches.get(step.step_id)
+        if batch is None or output.step_id != step.step_id or output.num_reqs != len(batch):
+            raise ProtocolError(
+                f"the output of step {output.step_id} ({output.num_reqs} requests) does not "
+                f"answer step {step.step_id} ({'not in flight' if batch is None else len(batch)}"
+                f"{'' if batch is None else ' requests'})")
+        sampled = output.sampled_lists()
+        del self._batches[step.step_id]
         for req in self._sampling.pop(step.step_id, ()):
             req.num_output_placeholders -= 1
-        updates: list[tuple[Request, list[int]]] = []
-        for req_id in step.req_ids:
-            req = self.requests.get(req_id)
-            if req is None:
-                continue
+        updates: list[tuple[Request, list[int], list[TokenLogprobs]]] = []
+        for i, (req, tokens) in enumerate(zip(batch, sampled, strict=True)):
             req.num_in_flight -= 1
             if req.is_finished:   # aborted, or stopped while this step ran (the overshoot)
-                self.num_discarded_tokens += len(sampled.get(req_id, ()))
-                if not req.in_flight:
-                    self.requests.pop(req_id, None)
+                self.num_discarded_tokens += len(tokens)
+                self._release_if_done(req)
                 continue
             new: list[int] = []
-            for token in sampled.get(req_id, ()):
+            for token in tokens:
                 req.output_token_ids.append(token)
                 req.isolated = False        # it got past whatever it was suspected of
                 new.append(token)
@@ -355,10 +388,15 @@ class Scheduler:
                 if reason is not None:
                     self._finish(req, reason)
                     break
-            updates.append((req, new))
-            if req.is_finished and not req.in_flight:
-                self.requests.pop(req_id, None)
+            updates.append((req, new, output.logprobs.get(i, [])[:len(new)]))
+            self._release_if_done(req)
         return updates
+
+    def _release_if_done(self, req: Request) -> None:
+        """Forgets a finished request once no step is in flight for it (not a newer
+        request that reuses its id)."""
+        if req.is_finished and not req.in_flight and self.requests.get(req.req_id) is req:
+            del self.requests[req.req_id]
 
     def _stop_reason(self, req: Request, token: int) -> FinishReason | None:
         sp = req.sampling_params
@@ -385,5 +423,4 @@ class Scheduler:
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         self._forget(req)
-        if not req.in_flight:
-            self.requests.pop(req.req_id, None)
+        self._release_if_done(req)

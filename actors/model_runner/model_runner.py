@@ -74,6 +74,9 @@ class ModelRunner:
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.kv_cache_config: KVCacheConfig | None = None
         self.requests: dict[str, CachedRequestState] = {}
+        # Slot -> the request in it (steps name cached requests by slot, protocol/
+        # scheduler_output.py); kept by apply_step alongside ``requests``.
+        self.slots: list[CachedRequestState | None] = [None] * self.max_num_reqs
         self.rows = RequestRows(self.max_num_reqs, self.max_model_len,
                                 -(-self.max_model_len // self.block_size), device)
         self.buffers = InputBuffers(self.max_num_tokens, self.max_num_reqs, self.rows,
@@ -203,7 +206,7 @@ class ModelRunner:
         before = {rec.req_id: (self.requests[rec.req_id].num_tokens,
                                len(self.requests[rec.req_id].block_ids))
                   for rec in plan.requests if not rec.is_new}
-        apply_step(plan, self.requests, self.device)
+        apply_step(plan, self.requests, self.slots, self.device)
         for req_id in gone:
             rows.remove(req_id)
         for rec in plan.requests:
@@ -235,7 +238,7 @@ class ModelRunner:
         """Queues one step on the device; the output rank gets a PendingOutput back."""
         so, clock = scheduler_output, self.phase_clock
         clock.start()
-        plan = read_step(so, self.requests, self._limits())  # raises before any change
+        plan = read_step(so, self.requests, self.slots, self._limits())  # raises, or no change
         clock.mark("read_step")
         with self._on_compute_stream():
             self.step_events.start()
@@ -290,7 +293,7 @@ class ModelRunner:
         rows = [i for i, s in enumerate(inputs.samples) if s]
         if not rows:
             return PendingOutput.ready(ModelRunnerOutput.from_lists(
-                step_id, inputs.req_ids, [[] for _ in inputs.req_ids])), None
+                step_id, [[] for _ in inputs.req_ids])), None
         states = [self.requests[r] for r in inputs.req_ids]
         tensors = gather_sampling_tensors(self.rows, inputs, states, self.hf_config,
                                           self.copy_stream)
@@ -299,21 +302,21 @@ class ModelRunner:
             # before the device->host copy and the token feedback read it.
             tokens = greedy.clone() if greedy is not None else logits.argmax(-1)
             host, event = copy_to_host([tokens], self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event), tokens
+            return PendingOutput(step_id, len(inputs.req_ids), rows, host[0], event), tokens
         out = self.sampler.sample(logits, tensors)
         if out.logprobs is None:
             host, event = copy_to_host([out.sampled], self.d2h_stream)
-            return PendingOutput(step_id, inputs.req_ids, rows, host[0], event), out.sampled
+            return PendingOutput(step_id, len(inputs.req_ids), rows, host[0], event), out.sampled
         assert out.logprob_token_ids is not None and out.sampled_ranks is not None
         host, event = copy_to_host([out.sampled, out.logprob_token_ids, out.logprobs,
                                     out.sampled_ranks], self.d2h_stream)
         wanted = [s.sampling_params.logprobs for s in states]
 
-        def logprobs() -> dict[str, list[TokenLogprobs]]:
+        def logprobs() -> dict[int, list[TokenLogprobs]]:
             lists = SamplerOutput(*host).to_lists(wanted)[1]
-            return {inputs.req_ids[i]: lists[i] for i in rows if lists[i] is not None}
+            return {i: lists[i] for i in rows if lists[i] is not None}
 
-        return (PendingOutput(step_id, inputs.req_ids, rows, host[0], event, logprobs),
+        return (PendingOutput(step_id, len(inputs.req_ids), rows, host[0], event, logprobs),
                 out.sampled)
 
     @torch.inference_mode()
@@ -360,6 +363,7 @@ class ModelRunner:
         self.kv_caches = {}
         self.feedback.drain()  # ids still travelling land before the rows are cleared
         self.requests.clear()  # their KV contents are gone
+        self.slots[:] = [None] * self.max_num_reqs
         self.rows.clear()
         if level >= 2:
             self.model = None

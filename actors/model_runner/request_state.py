@@ -24,6 +24,7 @@ class CachedRequestState:
     """
 
     req_id: str
+    slot: int                     # its number in the steps (``NewRequestData.slot``)
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     block_ids: list[int]
@@ -46,7 +47,7 @@ class CachedRequestState:
         gen = None
         if new.sampling_params.seed is not None:
             gen = torch.Generator(device=device).manual_seed(new.sampling_params.seed)
-        return cls(req_id=new.req_id, prompt_token_ids=list(new.prompt_token_ids),
+        return cls(req_id=new.req_id, slot=new.slot, prompt_token_ids=list(new.prompt_token_ids),
                    sampling_params=new.sampling_params, block_ids=list(new.block_ids),
                    num_computed_tokens=new.num_computed_tokens,
                    output_token_ids=list(new.output_token_ids), generator=gen)
@@ -55,7 +56,7 @@ class CachedRequestState:
     def from_new_params(cls, req_id: str, params: SamplingParams, prompt: list[int],
                         output: list[int] | None = None) -> CachedRequestState:
         """A state without blocks (sampler tests and tools)."""
-        return cls.from_new(NewRequestData(req_id=req_id, prompt_token_ids=prompt,
+        return cls.from_new(NewRequestData(req_id=req_id, slot=0, prompt_token_ids=prompt,
                                            sampling_params=params, block_ids=[],
                                            output_token_ids=list(output or [])),
                             torch.device("cpu"))

@@ -29,16 +29,16 @@ class PendingOutput:
     blocks (releasing the GIL) until the copy is done.
     """
 
-    def __init__(self, step_id: int, req_ids: list[str], sample_rows: list[int],
+    def __init__(self, step_id: int, num_reqs: int, sample_rows: list[int],
                  host_tokens: torch.Tensor | None, event: torch.cuda.Event | None,
-                 logprobs: Callable[[], dict[str, list[TokenLogprobs]]] | None = None) -> None:
-        self.step_id, self.req_ids, self.sample_rows = step_id, req_ids, sample_rows
+                 logprobs: Callable[[], dict[int, list[TokenLogprobs]]] | None = None) -> None:
+        self.step_id, self.num_reqs, self.sample_rows = step_id, num_reqs, sample_rows
         self.host_tokens, self.event, self._logprobs = host_tokens, event, logprobs
         self._result: ModelRunnerOutput | None = None
 
     @classmethod
     def ready(cls, output: ModelRunnerOutput) -> PendingOutput:
-        pending = cls(output.step_id, output.req_ids, [], None, None)
+        pending = cls(output.step_id, output.num_reqs, [], None, None)
         pending._result = output
         return pending
 
@@ -53,7 +53,7 @@ class PendingOutput:
         """The output (waits for the copy if it is still running)."""
         if self._result is None:
             self.wait()
-            num_reqs = len(self.req_ids)
+            num_reqs = self.num_reqs
             values = self.host_tokens.tolist() if self.host_tokens is not None else []
             counts = b""  # every row sampled (a decode step): no counts are sent
             if len(self.sample_rows) < num_reqs:
@@ -63,7 +63,7 @@ class PendingOutput:
                 counts = pack_int32(sampled)
                 values = [values[row] for row in self.sample_rows]  # ascending rows
             self._result = ModelRunnerOutput(
-                step_id=self.step_id, req_ids=self.req_ids, num_sampled=counts,
+                step_id=self.step_id, num_sampled=counts,
                 sampled_token_ids=pack_int32(values[:num_reqs]),
                 logprobs=self._logprobs() if self._logprobs is not None else {})
         return self._result

@@ -1,20 +1,22 @@
 """Reads a SchedulerOutput once: a validated plan of per-request records, then applies it.
 
-``read_step`` walks the step against the runner's request states and limits
-and returns a ``StepPlan`` (records in batch-row order: new requests first,
+``read_step`` walks the step against the runner's request states (by id, and
+by slot: ``slots[i]`` is the state of the request in slot ``i``, or None) and
+limits and returns a ``StepPlan`` (records in batch-row order: new requests first,
 then cached ones). Every check runs there, before anything changes, so a bad
 step raises ``InvalidRequestError`` and leaves every request exactly as it
 was; the runner keeps serving the others. ``apply_step`` walks the same
 records to update the states; nothing else interprets the diff.
 
-Cost: one pass over the step's ids. Cached requests' columns are checked whole
-(lengths, sums, one min/max per flat column); a new request's prompt is
-range-checked token by token at its first step.
+Cost: one pass over the step's slots (a list index each; no strings travel
+for cached requests). Cached requests' columns are checked whole (lengths,
+sums, one min/max per column); a new request's id and prompt are checked
+value by value at its first step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, MutableSequence, Sequence
 from typing import NamedTuple
 
 import torch
@@ -79,14 +81,23 @@ def _record(req_id: str, new: NewRequestData | None, tokens: list[int], blocks: 
     return RequestStep(req_id, new, tokens, blocks, start, num_scheduled, num_tokens, num_device)
 
 
-def _read_new(new: object, states: Mapping[str, CachedRequestState], finished: set[str],
-              limits: RunnerLimits, count: Callable[[object, object], int]) -> RequestStep:
+Slots = Sequence[CachedRequestState | None]  # slot -> the request it holds, or None
+
+
+def _read_new(new: object, states: Mapping[str, CachedRequestState], slots: Slots,
+              finished: set[str], limits: RunnerLimits, count: Callable[[object, object], int]
+              ) -> RequestStep:
     if not isinstance(new, NewRequestData):
         raise _fail(f"scheduled_new_reqs holds a {type(new).__name__}, not NewRequestData")
-    req_id = new.req_id
-    num_scheduled = count(req_id, new.num_scheduled_tokens)
+    req_id = _check_req_id(new.req_id)
     if req_id in states and req_id not in finished:
         raise _fail(f"request {req_id!r} is added but already exists")
+    slot = _check_int(f"request {req_id!r}: slot", new.slot, 0, len(slots) - 1)
+    holder = slots[slot]
+    if holder is not None and holder.req_id not in finished:
+        raise _fail(f"request {req_id!r} is added in slot {slot}, which holds request "
+                    f"{holder.req_id!r}")
+    num_scheduled = count(slot, new.num_scheduled_tokens)
     vocab = limits.vocab_size
     prompt = _check_ids(req_id, "prompt token ids", new.prompt_token_ids, vocab, VOCAB)
     if not prompt:
@@ -128,6 +139,7 @@ def _check_device_tokens(req_id: str, num_device: int, gains_host_tokens: bool,
 class _CachedColumns(NamedTuple):
     """A CachedRequestData's columns as int32 views, checked to line up."""
 
+    slots: memoryview
     starts: memoryview
     counts: memoryview
     num_tokens: memoryview
@@ -137,53 +149,61 @@ class _CachedColumns(NamedTuple):
     device: memoryview | list[int]
 
 
-def _columns(c: CachedRequestData) -> _CachedColumns:
+def _columns(c: CachedRequestData, num_slots: int) -> _CachedColumns:
     try:
-        cols = [int32s(col) for col in (c.num_computed_tokens, c.num_scheduled_tokens,
+        cols = [int32s(col) for col in (c.slots, c.num_computed_tokens, c.num_scheduled_tokens,
                                          c.num_new_tokens, c.new_token_ids, c.num_new_blocks,
                                          c.new_block_ids, c.num_device_tokens)]
     except (TypeError, ValueError) as exc:  # not bytes, or not whole int32s
         raise _fail(f"CachedRequestData columns must be int32 bytes: {exc}") from None
-    starts, counts, num_tokens, tokens, num_blocks, blocks, device = cols
-    n = c.num_reqs
-    if type(c.req_ids) is not list or any(len(x) != n for x in (starts, counts, num_tokens,
-                                                                num_blocks)) or (
+    slots, starts, counts, num_tokens, tokens, num_blocks, blocks, device = cols
+    n = len(slots)
+    if any(len(x) != n for x in (starts, counts, num_tokens, num_blocks)) or (
             device and len(device) != n):
-        raise _fail("CachedRequestData columns differ in length from req_ids")
+        raise _fail("CachedRequestData columns differ in length from its slots")
+    if slots and (min(slots) < 0 or max(slots) >= num_slots):  # before any list index
+        raise _fail(f"CachedRequestData names slots outside [0, {num_slots}): "
+                    f"{[s for s in slots if not 0 <= s < num_slots][:4]}")
     for what, per_req, flat in (("tokens", num_tokens, tokens), ("blocks", num_blocks, blocks)):
         if (why := ragged_mismatch(per_req, flat)) is not None:
             raise _fail(f"CachedRequestData: the per-request new {what} counts do not add up "
                         f"to the new {what} sent: {why}")
-    return _CachedColumns(starts, counts, num_tokens, tokens, num_blocks, blocks,
+    return _CachedColumns(slots, starts, counts, num_tokens, tokens, num_blocks, blocks,
                           device or [0] * n)
 
 
-def _check_range(what: str, flat: memoryview, per_req: memoryview, req_ids: list[str],
-                 limit: int, where: str) -> None:
+def _name(slots: Slots, slot: int) -> str:
+    state = slots[slot]
+    return state.req_id if state is not None else f"<empty slot {slot}>"
+
+
+def _check_range(what: str, flat: memoryview, per_req: memoryview, slot_col: memoryview,
+                 slots: Slots, limit: int, where: str) -> None:
     """Every value of the flat column in ``[0, limit)``: two C-speed passes; the request
     named only on failure."""
     if flat and (min(flat) < 0 or max(flat) >= limit):
         end = 0
-        for req_id, n in zip(req_ids, per_req, strict=True):
+        for slot, n in zip(slot_col, per_req, strict=True):
             end += n
-            _check_ids(req_id, what, flat[end - n:end].tolist(), limit, where)
+            _check_ids(_name(slots, slot), what, flat[end - n:end].tolist(), limit, where)
 
 
-def _read_cached(c: CachedRequestData, states: Mapping[str, CachedRequestState],
-                 finished: set[str], limits: RunnerLimits, count: Callable[[object, object], int]
-                 ) -> Iterator[RequestStep]:
-    cols = _columns(c)
-    _check_range("new token ids", cols.tokens, cols.num_tokens, c.req_ids, limits.vocab_size,
-                 VOCAB)
-    _check_range("block ids", cols.blocks, cols.num_blocks, c.req_ids, limits.num_blocks, CACHE)
+def _read_cached(c: CachedRequestData, slots: Slots, finished: set[str], limits: RunnerLimits,
+                 count: Callable[[object, object], int]) -> Iterator[RequestStep]:
+    cols = _columns(c, len(slots))
+    _check_range("new token ids", cols.tokens, cols.num_tokens, cols.slots, slots,
+                 limits.vocab_size, VOCAB)
+    _check_range("block ids", cols.blocks, cols.num_blocks, cols.slots, slots,
+                 limits.num_blocks, CACHE)
     token_end = block_end = 0
-    for req_id, start, scheduled, n_tokens, n_blocks, device in zip(
-            c.req_ids, cols.starts, cols.counts, cols.num_tokens, cols.num_blocks,
+    for slot, start, scheduled, n_tokens, n_blocks, device in zip(
+            cols.slots, cols.starts, cols.counts, cols.num_tokens, cols.num_blocks,
             cols.device, strict=True):
-        num_scheduled = count(req_id, scheduled)
-        state = states.get(req_id)
-        if state is None or req_id in finished:
-            raise _fail(f"unknown request {req_id!r} (never added or finished)")
+        num_scheduled = count(slot, scheduled)
+        state = slots[slot]
+        if state is None or state.req_id in finished:
+            raise _fail(f"slot {slot} holds no request (never added, or finished)")
+        req_id = state.req_id
         num_device = _check_device_tokens(req_id, device, n_tokens > 0, state, limits)
         expected = state.next_start
         if start != expected:
@@ -200,38 +220,50 @@ def _read_cached(c: CachedRequestData, states: Mapping[str, CachedRequestState],
                       len(state.block_ids) + n_blocks, limits, num_device)
 
 
-def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState],
+def _finished(so: SchedulerOutput, slots: Slots) -> list[str]:
+    """The ids of the requests in ``finished_slots`` (an empty slot is nothing to drop)."""
+    if type(so.finished_slots) is not list:
+        raise _fail("finished_slots must be a list of slots")
+    for slot in so.finished_slots:
+        _check_int("a finished slot", slot, 0, len(slots) - 1)
+    return [state.req_id for s in so.finished_slots if (state := slots[s]) is not None]
+
+
+def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState], slots: Slots,
               limits: RunnerLimits) -> StepPlan:
-    """Validates ``so`` against ``states`` and ``limits``; raises InvalidRequestError
-    describing the first inconsistency found. Changes nothing."""
+    """Validates ``so`` against ``states``, ``slots`` and ``limits``; raises
+    InvalidRequestError describing the first inconsistency found. Changes nothing."""
     if not isinstance(so, SchedulerOutput):
         raise _fail(f"execute_model takes a SchedulerOutput, got {type(so).__name__}")
     step_id = _check_int("step_id", so.step_id, -(2**63), 2**63 - 1)
-    finished = {_check_req_id(r) for r in so.finished_req_ids}
+    finished_ids = _finished(so, slots)
+    finished = set(finished_ids)
     c = so.scheduled_cached_reqs
     if not isinstance(c, CachedRequestData):
         raise _fail(f"scheduled_cached_reqs is a {type(c).__name__}, not CachedRequestData")
-    seen: set[str] = set()
+    seen: set[int] = set()
 
-    def count(req_id: object, num: object) -> int:
-        """The request's scheduled token count; each request is in a step once."""
-        req_id = _check_req_id(req_id)
-        if req_id in seen:
-            raise _fail(f"request {req_id!r} appears twice in one step")
-        seen.add(req_id)
+    def count(slot: object, num: object) -> int:
+        """The request's scheduled token count; each slot is in a step once."""
+        if slot in seen:
+            raise _fail(f"slot {slot} ({_name(slots, slot)!r}) appears twice in one step")
+        seen.add(slot)
         if type(num) is not int or num < 1:
-            raise _fail(f"request {req_id!r} is in the step with no tokens "
+            raise _fail(f"slot {slot} ({_name(slots, slot)!r}) is in the step with no tokens "
                         f"(num_scheduled_tokens={num!r})")
         return num
 
-    records = [_read_new(new, states, finished, limits, count) for new in so.scheduled_new_reqs]
-    records += _read_cached(c, states, finished, limits, count)
+    records = [_read_new(new, states, slots, finished, limits, count)
+               for new in so.scheduled_new_reqs]
+    if len({r.req_id for r in records}) != len(records):
+        raise _fail("a request is added twice in one step")
+    records += _read_cached(c, slots, finished, limits, count)
     _check_blocks_unshared(records)
     total = sum(r.num_scheduled_tokens for r in records)
     if total > limits.max_num_tokens or len(records) > limits.max_num_reqs:
         raise _fail(f"step of {total} tokens / {len(records)} requests exceeds the runner's "
                     f"{limits.max_num_tokens} tokens / {limits.max_num_reqs} requests")
-    return StepPlan(step_id, records, list(so.finished_req_ids))
+    return StepPlan(step_id, records, finished_ids)
 
 
 def _check_blocks_unshared(records: list[RequestStep]) -> None:
@@ -246,16 +278,19 @@ def _check_blocks_unshared(records: list[RequestStep]) -> None:
 
 
 def apply_step(plan: StepPlan, states: MutableMapping[str, CachedRequestState],
-               device: torch.device) -> None:
-    """Applies a plan ``read_step`` returned: drops finished ids, adds new requests,
-    extends cached ones. New states are built first, so nothing changes if one fails."""
+               slots: MutableSequence[CachedRequestState | None], device: torch.device) -> None:
+    """Applies a plan ``read_step`` returned: drops finished requests (and frees their
+    slots), adds new ones, extends cached ones. New states are built first, so nothing
+    changes if one fails."""
     fresh = {r.req_id: CachedRequestState.from_new(r.new, device)
              for r in plan.requests if r.new is not None}
     for req_id in plan.finished_req_ids:
-        states.pop(req_id, None)
+        if (gone := states.pop(req_id, None)) is not None:
+            slots[gone.slot] = None
     for rec in plan.requests:
         if rec.new is not None:
             state = states[rec.req_id] = fresh[rec.req_id]
+            slots[state.slot] = state
         else:
             state = states[rec.req_id]
             state.output_token_ids.extend(rec.new_token_ids)

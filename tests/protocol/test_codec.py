@@ -33,7 +33,7 @@ class Target:
 
 
 def a_scheduler_output() -> SchedulerOutput:
-    req = NewRequestData(req_id="r0", prompt_token_ids=[1, 2, 3],
+    req = NewRequestData(req_id="r0", slot=0, prompt_token_ids=[1, 2, 3],
                          sampling_params=SamplingParams(temperature=0.0, seed=7), block_ids=[4])
     so = SchedulerOutput(step_id=9)
     so.add_new(req, num_scheduled_tokens=3)
@@ -74,8 +74,8 @@ def test_method_args_decode_typed_and_strict() -> None:
 
 def test_results_decode_into_their_declared_type() -> None:
     spec = build_method_specs(Target, ["execute_model"])["execute_model"]
-    out = ModelRunnerOutput.from_lists(1, ["a", "b"], [[5], []],
-                                       {"a": [TokenLogprobs([5, 6], [-0.1, -2.0], 1)]})
+    out = ModelRunnerOutput.from_lists(1, [[5], []],
+                                       {0: [TokenLogprobs([5, 6], [-0.1, -2.0], 1)]})
     decoded = spec.result_decoder.decode(PayloadEncoder().encode(out))
     assert isinstance(decoded, ModelRunnerOutput) and decoded == out
 

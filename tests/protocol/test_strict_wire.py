@@ -89,7 +89,7 @@ def test_an_unknown_field_at_any_depth_of_a_step_is_refused(path) -> None:
 @pytest.mark.parametrize("type_, raw", [
     (Config, {"model": {"model": "/m", "modle": "x"}}),
     (Config, {"model": {"model": "/m"}, "cache": {"block_size": 16, "blocksize": 8}}),
-    (ModelRunnerOutput, {"req_ids": [], "sampled": [[2]]}),
+    (ModelRunnerOutput, {"req_ids": [], "sampled_token_ids": b""}),
     (KVCacheConfig, {"num_blocks": 4, "kv_cache_groups": [{"layer_names": ["l0"], "kv_cache_spec": {
         "block_size": 16, "num_kv_heads": 2, "head_size": 8, "dtype": "float16", "x": 1}}]}),
 ])

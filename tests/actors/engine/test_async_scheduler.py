@@ -21,7 +21,7 @@ from actorexec.actors.model_runner.request_state import CachedRequestState
 from actorexec.actors.model_runner.step_plan import RunnerLimits
 from actorexec.actors.model_runner.step_reader import apply_step, read_step
 from actorexec.protocol import ModelRunnerOutput, SamplingParams, SchedulerConfig, SchedulerOutput
-from tests.actors.engine.test_scheduler import EOS, VOCAB, greedy, next_token, solo
+from tests.actors.engine.test_scheduler import EOS, VOCAB, greedy, next_token, scheduled, solo
 from tests.protocol.columns import ints
 
 
@@ -31,6 +31,8 @@ class DeviceMirror:
     def __init__(self, sched: Scheduler) -> None:
         self.sched = sched
         self.states: dict[str, CachedRequestState] = {}
+        self.slots: list[CachedRequestState | None] = [None] * sched.config.max_num_seqs
+        self.dropped: dict[int, list[str]] = {}  # step id -> the ids it told runners to drop
         self.rows: dict[str, list[int]] = {}   # the device token table, one list per request
         self.limits = RunnerLimits(
             vocab_size=VOCAB, num_blocks=sched.pool.num_blocks, block_size=sched.pool.block_size,
@@ -39,7 +41,8 @@ class DeviceMirror:
         self.device_tokens_read = 0
 
     def run(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        plan = read_step(so, self.states, self.limits)  # raises on anything a runner refuses
+        plan = read_step(so, self.states, self.slots, self.limits)  # raises as a runner would
+        self.dropped[so.step_id] = plan.finished_req_ids
         for req_id in plan.finished_req_ids:
             self.rows.pop(req_id, None)
         for rec in plan.requests:
@@ -53,22 +56,21 @@ class DeviceMirror:
                     self.device_tokens_read += 1
                 else:
                     row[before:] = rec.new_token_ids
-        apply_step(plan, self.states, torch.device("cpu"))
-        req_ids, sampled = [], []
+        apply_step(plan, self.states, self.slots, torch.device("cpu"))
+        sampled = []
         for rec in plan.requests:
             row = self.rows[rec.req_id]
             assert len(row) == self.states[rec.req_id].num_tokens
             req = self.sched.requests.get(rec.req_id)
             if req is not None and not req.is_finished:   # the host knows a prefix of the row
                 assert row[:req.num_tokens] == req.all_token_ids
-            req_ids.append(rec.req_id)
             if rec.samples:
                 token = next_token(row[:rec.end])
                 row.append(token)  # written into the device row right after sampling
                 sampled.append([token])
             else:
                 sampled.append([])
-        return ModelRunnerOutput.from_lists(so.step_id, req_ids, sampled)
+        return ModelRunnerOutput.from_lists(so.step_id, sampled)
 
 
 def make(num_blocks=64, block_size=4, max_model_len=128, pp=1, **cfg
@@ -100,8 +102,9 @@ def test_the_next_decode_step_goes_out_before_the_output_with_a_device_token():
     out0 = mirror.run(s0)
     s1 = sched.schedule()                       # s0's output has not arrived
     c = s1.scheduled_cached_reqs
-    assert c.req_ids == ["a"] and ints(c.num_device_tokens) == [1] and c.new_token_lists() == [[]]
-    assert ints(c.num_computed_tokens) == [3] and s1.num_scheduled_tokens == {"a": 1}
+    assert ints(c.slots) == [a.slot] and ints(c.num_device_tokens) == [1]
+    assert c.new_token_lists() == [[]]
+    assert ints(c.num_computed_tokens) == [3] and scheduled(sched, s1) == {"a": 1}
     assert sched.schedule() is None             # two steps in flight: the most for a request
     out1 = mirror.run(s1)
     sched.update_from_output(s0, out0)
@@ -134,20 +137,24 @@ def test_a_stop_token_discards_the_one_overshoot_token_and_the_runner_drops_the_
     s1 = sched.schedule()                        # in flight when the stop is seen
     out1 = mirror.run(s1)
     updates = sched.update_from_output(s0, out0)
-    assert updates == [(req, [first])] and req.finish_reason is FinishReason.STOP
+    assert updates == [(req, [first], [])] and req.finish_reason is FinishReason.STOP
     assert sched.pool.num_free == sched.pool.num_blocks     # blocks freed at the stop
     assert sched.update_from_output(s1, out1) == []          # the overshoot is discarded
     assert sched.num_discarded_tokens == 1
     assert req.output_token_ids == [first] and "a" not in sched.requests
     sched.add_request("b", [4, 4], greedy(1))
-    assert sched.schedule().finished_req_ids == ["a"]        # the runners drop it
+    s2 = sched.schedule()
+    mirror.run(s2)
+    assert mirror.dropped[s2.step_id] == ["a"]               # the runners drop it
+    # ... before they add b, which takes a's freed slot in that same step
+    assert s2.finished_slots == [s2.scheduled_new_reqs[0].slot] == [0]
 
 
 def test_a_prompt_split_in_chunks_has_its_chunks_in_flight_back_to_back():
     sched, mirror = make(max_num_batched_tokens=4)
     req = sched.add_request("a", list(range(3, 13)), greedy(3))
     s0, s1 = sched.schedule(), sched.schedule()
-    assert s0.num_scheduled_tokens == {"a": 4} and s1.num_scheduled_tokens == {"a": 4}
+    assert scheduled(sched, s0) == {"a": 4} and scheduled(sched, s1) == {"a": 4}
     assert ints(s1.scheduled_cached_reqs.num_computed_tokens) == [4]
     assert sched.schedule() is None
     for so in (s0, s1):
@@ -161,16 +168,16 @@ def test_with_two_stages_requests_split_into_two_steps_and_return_two_steps_late
     for i in range(4):
         sched.add_request(f"r{i}", [3 + i] * 3, greedy(6))
     s0, s1, s2, s3 = (sched.schedule() for _ in range(4))
-    assert set(s0.num_scheduled_tokens) == {"r0", "r1"}
-    assert set(s1.num_scheduled_tokens) == {"r2", "r3"}
-    assert set(s2.num_scheduled_tokens) == {"r0", "r1"}     # s0's requests, device tokens
-    assert set(s3.num_scheduled_tokens) == {"r2", "r3"}
+    assert set(scheduled(sched, s0)) == {"r0", "r1"}
+    assert set(scheduled(sched, s1)) == {"r2", "r3"}
+    assert set(scheduled(sched, s2)) == {"r0", "r1"}     # s0's requests, device tokens
+    assert set(scheduled(sched, s3)) == {"r2", "r3"}
     assert ints(s2.scheduled_cached_reqs.num_device_tokens) == [1, 1]
     assert sched.schedule() is None              # each request is in two steps already
     outs = [mirror.run(so) for so in (s0, s1, s2, s3)]
     sched.update_from_output(s0, outs[0])
     s4 = sched.schedule()                        # s0 is back: its requests go again
-    assert set(s4.num_scheduled_tokens) == {"r0", "r1"}
+    assert set(scheduled(sched, s4)) == {"r0", "r1"}
     outs.append(mirror.run(s4))
     for so, out in zip((s1, s2, s3, s4), outs[1:], strict=True):
         sched.update_from_output(so, out)

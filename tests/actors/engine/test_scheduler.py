@@ -19,6 +19,7 @@ from actorexec.actors.model_runner.step_reader import apply_step, read_step
 from actorexec.protocol import (
     InvalidRequestError,
     ModelRunnerOutput,
+    ProtocolError,
     SamplingParams,
     SchedulerConfig,
     SchedulerOutput,
@@ -39,6 +40,8 @@ class RunnerMirror:
     def __init__(self, sched: Scheduler) -> None:
         self.sched = sched
         self.states: dict[str, CachedRequestState] = {}
+        self.slots: list[CachedRequestState | None] = [None] * sched.config.max_num_seqs
+        self.dropped: dict[int, list[str]] = {}  # step id -> the ids it told runners to drop
         self.limits = RunnerLimits(
             vocab_size=VOCAB, num_blocks=sched.pool.num_blocks, block_size=sched.pool.block_size,
             max_model_len=sched.max_model_len, max_num_reqs=sched.config.max_num_seqs,
@@ -47,9 +50,10 @@ class RunnerMirror:
 
     def run(self, so: SchedulerOutput) -> ModelRunnerOutput:
         self.step_ids.append(so.step_id)
-        plan = read_step(so, self.states, self.limits)  # raises on anything a runner refuses
-        apply_step(plan, self.states, torch.device("cpu"))
-        req_ids, sampled = [], []
+        plan = read_step(so, self.states, self.slots, self.limits)  # raises as a runner would
+        self.dropped[so.step_id] = plan.finished_req_ids
+        apply_step(plan, self.states, self.slots, torch.device("cpu"))
+        sampled = []
         for rec in plan.requests:
             state = self.states[rec.req_id]
             tokens = state.prompt_token_ids + state.output_token_ids
@@ -57,9 +61,15 @@ class RunnerMirror:
             if req is not None and not req.is_finished:
                 assert tokens == req.all_token_ids
                 assert state.block_ids == req.block_ids
-            req_ids.append(rec.req_id)
             sampled.append([next_token(tokens)] if rec.samples else [])
-        return ModelRunnerOutput.from_lists(so.step_id, req_ids, sampled)
+        return ModelRunnerOutput.from_lists(so.step_id, sampled)
+
+
+def scheduled(sched: Scheduler, so: SchedulerOutput) -> dict[str, int]:
+    """Request id -> tokens it runs in ``so``, a step in flight (steps name requests by slot)."""
+    counts = so.num_scheduled_tokens
+    return {r.req_id: counts[slot] for r, slot in zip(sched.batch(so.step_id), so.slots,
+                                                       strict=True)}
 
 
 def make(num_blocks=64, block_size=4, max_model_len=128, **cfg) -> tuple[Scheduler, RunnerMirror]:
@@ -96,11 +106,11 @@ def test_first_step_sends_request_in_full_then_only_diffs():
     sched.add_request("a", [5, 6, 7], greedy(4))
     s0 = sched.schedule()
     assert [r.req_id for r in s0.scheduled_new_reqs] == ["a"]
-    assert s0.num_scheduled_tokens == {"a": 3}
+    assert scheduled(sched, s0) == {"a": 3} and s0.scheduled_new_reqs[0].slot == 0
     sched.update_from_output(s0, mirror.run(s0))
     s1 = sched.schedule()
     c = s1.scheduled_cached_reqs
-    assert not s1.scheduled_new_reqs and c.req_ids == ["a"]
+    assert not s1.scheduled_new_reqs and ints(c.slots) == [0]     # named by its slot
     assert c.new_token_lists() == [[next_token([5, 6, 7])]] and ints(c.num_computed_tokens) == [3]
     assert c.new_block_lists() == [[]]          # 4 tokens still fit the first block
     sched.update_from_output(s1, mirror.run(s1))
@@ -113,7 +123,7 @@ def test_chunked_prefill_splits_a_long_prompt_by_the_token_budget():
     sched, mirror = make(max_num_batched_tokens=8)
     req = sched.add_request("a", list(range(3, 23)), greedy(2))
     steps = drain(sched, mirror)
-    assert [s.num_scheduled_tokens["a"] for s in steps] == [8, 8, 4, 1]
+    assert [s.num_scheduled_tokens[0] for s in steps] == [8, 8, 4, 1]   # a is in slot 0
     assert req.output_token_ids == solo(list(range(3, 23)), greedy(2))
 
 
@@ -124,7 +134,7 @@ def test_decodes_come_first_and_waiting_prompts_fill_the_rest_of_the_budget():
     sched.update_from_output(s0, mirror.run(s0))
     sched.add_request("b", list(range(10, 20)), greedy(5))
     s1 = sched.schedule()
-    assert s1.num_scheduled_tokens == {"a": 1, "b": 5}
+    assert scheduled(sched, s1) == {"a": 1, "b": 5}
 
 
 def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget():
@@ -132,16 +142,16 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget():
     sched.add_request("a", [3] * 6, greedy(3))
     sched.add_request("b", [4] * 8, greedy(3))
     s0 = sched.schedule()
-    assert s0.num_scheduled_tokens == {"a": 6}
+    assert scheduled(sched, s0) == {"a": 6}
     sched.update_from_output(s0, mirror.run(s0))
-    assert sched.schedule().num_scheduled_tokens == {"a": 1, "b": 8}
+    assert scheduled(sched, sched.schedule()) == {"a": 1, "b": 8}
 
 
 def test_max_num_seqs_caps_the_batch():
     sched, _mirror = make(max_num_seqs=2)
     for i in range(4):
         sched.add_request(f"r{i}", [3 + i] * 3, greedy(2))
-    assert set(sched.schedule().num_scheduled_tokens) == {"r0", "r1"}
+    assert set(scheduled(sched, sched.schedule())) == {"r0", "r1"}
 
 
 def test_a_request_in_flight_is_not_scheduled_again_until_its_output_arrives():
@@ -151,10 +161,12 @@ def test_a_request_in_flight_is_not_scheduled_again_until_its_output_arrives():
     assert sched.schedule() is None
     sched.add_request("b", [5, 6], greedy(3))
     s1 = sched.schedule()
-    assert set(s1.num_scheduled_tokens) == {"b"}
-    sched.update_from_output(s1, mirror.run(s1))
-    sched.update_from_output(s0, mirror.run(s0))
-    assert set(sched.schedule().num_scheduled_tokens) == {"a", "b"}
+    assert set(scheduled(sched, s1)) == {"b"}
+    out1 = mirror.run(s1)
+    out0 = mirror.run(s0)
+    sched.update_from_output(s1, out1)   # outputs may arrive in any order
+    sched.update_from_output(s0, out0)
+    assert set(scheduled(sched, sched.schedule())) == {"a", "b"}
 
 
 def test_concurrent_requests_get_the_tokens_they_get_alone():
@@ -174,7 +186,7 @@ def test_block_exhaustion_preempts_the_newest_and_it_still_finishes_correctly():
     b = sched.add_request("b", [4] * 7, greedy(9))
     steps = drain(sched, mirror)
     assert b.num_preemptions >= 1 and a.num_preemptions == 0
-    dropped = [s for s in steps if "b" in s.finished_req_ids]
+    dropped = [s for s in steps if "b" in mirror.dropped[s.step_id]]
     readded = [s for s in steps if any(r.req_id == "b" for r in s.scheduled_new_reqs)]
     assert dropped and len(readded) == 2
     assert readded[1].scheduled_new_reqs[0].output_token_ids   # outputs so far travel back
@@ -233,7 +245,9 @@ def test_abort_frees_blocks_and_tells_the_runner_next_step():
     assert sched.pool.num_used == 1
     sched.update_from_output(s0, mirror.run(s0))  # a's sampled token is ignored
     s1 = sched.schedule()
-    assert s1.finished_req_ids == ["a"] and set(s1.num_scheduled_tokens) == {"b"}
+    assert set(scheduled(sched, s1)) == {"b"}
+    mirror.run(s1)
+    assert mirror.dropped[s1.step_id] == ["a"]
     assert "a" not in sched.requests
 
 
@@ -270,3 +284,40 @@ def test_random_workloads_with_two_steps_in_flight_and_aborts_stay_consistent(se
     for rid, req in reqs.items():
         if rid not in aborted:
             assert req.output_token_ids == solo(*jobs[rid]), rid
+
+
+def test_an_output_that_does_not_answer_its_step_is_a_protocol_error_and_changes_nothing():
+    sched, mirror = make()
+    a = sched.add_request("a", [3, 4], greedy(3))
+    b = sched.add_request("b", [5, 6], greedy(3))
+    s0 = sched.schedule()
+    out = mirror.run(s0)
+    short = ModelRunnerOutput.from_lists(s0.step_id, out.sampled_lists()[:1])  # b's row lost
+    other = ModelRunnerOutput.from_lists(s0.step_id + 1, out.sampled_lists())
+    for bad in (short, other):
+        with pytest.raises(ProtocolError, match="does not answer step 0"):
+            sched.update_from_output(s0, bad)
+    assert a.output_token_ids == b.output_token_ids == [] and a.in_flight and b.in_flight
+    updates = sched.update_from_output(s0, out)       # the real one still applies
+    assert [(r.req_id, new) for r, new, _ in updates] == [
+        ("a", [next_token([3, 4])]), ("b", [next_token([5, 6])])]
+    with pytest.raises(ProtocolError, match="not in flight"):
+        sched.update_from_output(s0, out)             # a step is answered once
+
+
+def test_slots_are_reused_once_freed_and_never_held_twice():
+    sched, mirror = make(max_num_seqs=3)
+    for i in range(12):
+        sched.add_request(f"r{i}", [3 + i, 4], greedy(1 + i % 4))
+    held: dict[int, str] = {}
+    added = 0
+    while sched.has_work():
+        so = sched.schedule()
+        for slot in so.finished_slots:
+            held.pop(slot)
+        for new in so.scheduled_new_reqs:
+            assert new.slot not in held and 0 <= new.slot < 3
+            held[new.slot] = new.req_id
+            added += 1
+        sched.update_from_output(so, mirror.run(so))   # the runner's own checks pass too
+    assert added == 12 and not sched.requests

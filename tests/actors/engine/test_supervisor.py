@@ -81,7 +81,8 @@ def test_requeue_for_recompute_resumes_every_request_on_a_fresh_runner_with_the_
                == 0 and not r.known_to_runner for r in sched.waiting)
     fresh = RunnerMirror(sched)      # knows no request; every step must pass its checks
     first = sched.schedule()
-    assert first.finished_req_ids == [] and not first.scheduled_cached_reqs.req_ids
+    assert first.finished_slots == [] and not first.scheduled_cached_reqs.num_reqs
+    assert [r.slot for r in first.scheduled_new_reqs] == list(range(first.num_reqs))
     sched.update_from_output(first, fresh.run(first))
     drain(sched, fresh)
     for rid in [f"r{i}" for i in range(5)]:
@@ -105,8 +106,8 @@ def test_suspects_run_one_at_a_time_until_each_gets_a_token_and_others_are_not_h
     sched.add_request("c", [10, 11], greedy(4))
     a.isolated = b.isolated = True
     s0 = sched.schedule()
-    assert s0.req_ids == ["a"]  # b waits (FCFS: c waits behind it)
+    assert [r.req_id for r in sched.batch(s0.step_id)] == ["a"]  # b waits (FCFS: c waits behind it)
     sched.update_from_output(s0, mirror.run(s0))
     assert not a.isolated                          # a got a token: no longer a suspect
     s1 = sched.schedule()
-    assert set(s1.req_ids) == {"a", "b", "c"}
+    assert {r.req_id for r in sched.batch(s1.step_id)} == {"a", "b", "c"}

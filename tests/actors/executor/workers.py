@@ -49,10 +49,10 @@ class EchoRunner:
         output = None
         if self.worker.rank == par.world_size - par.tensor_parallel_size:
             # As a runner does: one token per request, packed from a flat host buffer.
-            req_ids = scheduler_output.req_ids
-            output = ModelRunnerOutput(
-                step_id=scheduler_output.step_id, req_ids=req_ids,
-                sampled_token_ids=pack_int32([scheduler_output.step_id] * len(req_ids)))
+            output = ModelRunnerOutput(  # in the step's batch order: no ids travel back
+                step_id=scheduler_output.step_id,
+                sampled_token_ids=pack_int32([scheduler_output.step_id]
+                                             * scheduler_output.num_reqs))
         if not self.later_s:
             return output
         done: concurrent.futures.Future[ModelRunnerOutput | None] = concurrent.futures.Future()

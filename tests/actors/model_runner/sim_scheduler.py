@@ -55,7 +55,7 @@ class SimRequest:
     blocks: list[int] = field(default_factory=list)
     num_computed: int = 0
     unsent: list[int] = field(default_factory=list)  # tokens gained since last scheduled
-    sent: bool = False
+    slot: int | None = None  # the runner slot, once sent
     logprobs: list = field(default_factory=list)
 
     @property
@@ -68,10 +68,16 @@ class SimScheduler:
     when a prompt does not fit), blocks allocated from a free list as tokens need them."""
 
     def __init__(self, runner: ModelRunner | None, token_budget: int = 256,
-                 blocks: list[int] | None = None, block_size: int | None = None) -> None:
+                 blocks: list[int] | None = None, block_size: int | None = None,
+                 slots: list[int] | None = None) -> None:
         """Drives ``runner`` directly, or (runner None) builds steps for an executor
-        over the KV blocks ``blocks`` of ``block_size`` tokens."""
+        over the KV blocks ``blocks`` of ``block_size`` tokens and the runner slots
+        ``slots`` (default: slots 0-7)."""
         self.runner = runner
+        if slots is None:
+            slots = list(range(runner.max_num_reqs if runner is not None else 8))
+        self.free_slots = slots
+        self.by_slot: dict[int, SimRequest] = {}
         if runner is not None:
             assert runner.kv_cache_config is not None
             blocks = list(range(runner.kv_cache_config.num_blocks))
@@ -82,7 +88,7 @@ class SimScheduler:
         self.token_budget = token_budget
         self.running: dict[str, SimRequest] = {}
         self.done: dict[str, SimRequest] = {}
-        self.finished_since_last: list[str] = []
+        self.finished_since_last: list[int] = []  # slots
         self.step_id = 0
 
     def add(self, req_id: str, prompt: list[int], params: SamplingParams = GREEDY,
@@ -90,7 +96,7 @@ class SimScheduler:
         self.running[req_id] = SimRequest(req_id, list(prompt), params, max_tokens)
 
     def schedule(self) -> SchedulerOutput:
-        so = SchedulerOutput(step_id=self.step_id, finished_req_ids=self.finished_since_last)
+        so = SchedulerOutput(step_id=self.step_id, finished_slots=self.finished_since_last)
         budget = self.token_budget
         for req in self.running.values():
             n = min(len(req.all_tokens) - req.num_computed, budget)
@@ -100,13 +106,15 @@ class SimScheduler:
             need = -(-(req.num_computed + n) // self.block_size) - len(req.blocks)
             fresh = [self.free.pop(0) for _ in range(need)]
             req.blocks += fresh
-            if not req.sent:
-                so.add_new(NewRequestData(req_id=req.req_id, prompt_token_ids=req.prompt,
+            if req.slot is None:
+                req.slot = self.free_slots.pop(0)
+                self.by_slot[req.slot] = req
+                so.add_new(NewRequestData(req_id=req.req_id, slot=req.slot,
+                                          prompt_token_ids=req.prompt,
                                           sampling_params=req.params, block_ids=list(req.blocks),
                                           output_token_ids=list(req.output)), n)
-                req.sent = True
             else:
-                so.add_cached(req.req_id, num_computed_tokens=req.num_computed,
+                so.add_cached(req.slot, num_computed_tokens=req.num_computed,
                               num_scheduled_tokens=n, new_token_ids=req.unsent,
                               new_block_ids=fresh)
             req.unsent = []
@@ -115,17 +123,20 @@ class SimScheduler:
         return so
 
     def update(self, so: SchedulerOutput, out: ModelRunnerOutput) -> None:
-        for req_id, n in so.num_scheduled_tokens.items():
-            self.running[req_id].num_computed += n
-        for req_id, tokens in out.tokens_by_request().items():
-            req = self.running[req_id]
+        for slot, n in so.num_scheduled_tokens.items():
+            self.by_slot[slot].num_computed += n
+        assert out.num_reqs == so.num_reqs
+        for i, (slot, tokens) in enumerate(zip(so.slots, out.sampled_lists(), strict=True)):
+            req = self.by_slot[slot]
             req.output += tokens
             req.unsent += tokens
-            req.logprobs += out.logprobs.get(req_id, [])
+            req.logprobs += out.logprobs.get(i, [])
             if len(req.output) >= req.max_tokens:
                 self.free += req.blocks
-                self.done[req_id] = self.running.pop(req_id)
-                self.finished_since_last.append(req_id)
+                self.done[req.req_id] = self.running.pop(req.req_id)
+                del self.by_slot[slot]
+                self.free_slots.append(slot)
+                self.finished_since_last.append(slot)
 
     def step(self) -> ModelRunnerOutput:
         assert self.runner is not None
@@ -150,6 +161,8 @@ class SimScheduler:
             if self.running:
                 so = self.schedule()
                 self.update(so, await execute(so))
+        if self.finished_since_last:  # the runners drop the last ones too: their slots are free
+            await execute(self.schedule())
         return {r.req_id: r.output for r in self.done.values()}
 
     def run(self, arrivals: dict[int, list[tuple[str, list[int], int]]] | None = None,
@@ -162,4 +175,7 @@ class SimScheduler:
                 break
             if self.running:
                 self.step()
+        if self.finished_since_last:  # the runner drops the last ones too
+            assert self.runner is not None
+            self.runner.execute_model(self.schedule())
         return {r.req_id: r.output for r in self.done.values()}

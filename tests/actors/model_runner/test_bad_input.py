@@ -27,8 +27,10 @@ def _with_cached(so: SchedulerOutput, **columns: object) -> SchedulerOutput:
     return replace(so, scheduled_cached_reqs=replace(so.scheduled_cached_reqs, **columns))
 
 
-def _unknown_request(so: SchedulerOutput) -> SchedulerOutput:
-    return _with_cached(so, req_ids=["ghost", *so.scheduled_cached_reqs.req_ids[1:]])
+# The SimScheduler gives x slot 0 and y slot 1; slots 2-7 of the runner's 8 are empty.
+def _with_slots(*slots: int) -> Callable[[SchedulerOutput], SchedulerOutput]:
+    """The cached requests named by ``slots`` instead (the other columns unchanged)."""
+    return lambda so: _with_cached(so, slots=bytearray(pack_int32(slots)))
 
 
 def _token_outside_vocab(so: SchedulerOutput) -> SchedulerOutput:
@@ -44,17 +46,20 @@ def _block_outside_cache(so: SchedulerOutput) -> SchedulerOutput:
 
 
 def _too_many_tokens_for_blocks(so: SchedulerOutput) -> SchedulerOutput:
-    new = NewRequestData(req_id="big", prompt_token_ids=list(range(1, 40)),
+    new = NewRequestData(req_id="big", slot=6, prompt_token_ids=list(range(1, 40)),
                          sampling_params=GREEDY, block_ids=[60],  # 39 tokens, 1 block of 4
                          num_scheduled_tokens=39)
     return replace(so, scheduled_new_reqs=[*so.scheduled_new_reqs, new])
 
 
 def _duplicate_new_request(so: SchedulerOutput) -> SchedulerOutput:
-    c = so.scheduled_cached_reqs
-    dup = NewRequestData(req_id=c.req_ids[0], prompt_token_ids=[1, 2],
+    dup = NewRequestData(req_id="x", slot=5, prompt_token_ids=[1, 2],
                          sampling_params=GREEDY, block_ids=[61], num_scheduled_tokens=2)
     return replace(so, scheduled_new_reqs=[dup])
+
+
+def _finished(*slots: object) -> Callable[[SchedulerOutput], SchedulerOutput]:
+    return lambda so: replace(so, finished_slots=list(slots))
 
 
 def _with_new(req: NewRequestData, num_tokens: object) -> Callable[[SchedulerOutput],
@@ -67,9 +72,15 @@ def _with_new(req: NewRequestData, num_tokens: object) -> Callable[[SchedulerOut
 
 
 def _new(req_id: str = "z", blocks: tuple[int, ...] = (60,), computed: int = 0,
-         params: SamplingParams = GREEDY) -> NewRequestData:
-    return NewRequestData(req_id=req_id, prompt_token_ids=[1, 2, 3], sampling_params=params,
-                          block_ids=list(blocks), num_computed_tokens=computed)
+         params: SamplingParams = GREEDY, slot: object = 5) -> NewRequestData:
+    return NewRequestData(req_id=req_id, slot=slot, prompt_token_ids=[1, 2, 3],
+                          sampling_params=params, block_ids=list(blocks),
+                          num_computed_tokens=computed)
+
+
+def _two_new(first: NewRequestData, second: NewRequestData
+             ) -> Callable[[SchedulerOutput], SchedulerOutput]:
+    return lambda so: _with_new(second, 3)(_with_new(first, 3)(so))
 
 
 def _cached_going_back(so: SchedulerOutput) -> SchedulerOutput:
@@ -97,7 +108,17 @@ def _counts_not_adding_up(so: SchedulerOutput) -> SchedulerOutput:
 
 
 CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
-    "unknown request": (_unknown_request, "unknown request 'ghost'"),
+    "unknown slot": (_with_slots(4, 1), "slot 4 holds no request"),
+    "slot outside the runner's": (_with_slots(0, 8), r"slots outside \[0, 8\): \[8\]"),
+    "negative slot": (_with_slots(-1, 1), "slots outside"),
+    "slot twice in a step": (_with_slots(0, 0), r"slot 0 \('x'\) appears twice"),
+    "new request in a held slot": (_with_new(_new(slot=1), 3), "slot 1, which holds request 'y'"),
+    "new request's slot out of range": (_with_new(_new(slot=8), 3), r"slot must be .* \[0, 7\]"),
+    "new request's slot not an int": (_with_new(_new(slot=True), 3), "slot must be an integer"),
+    "two new requests in one slot": (_two_new(_new("p"), _new("q")), "slot 5 .* appears twice"),
+    "one new request twice": (_two_new(_new("p", slot=5), _new("p", slot=6)), "added twice"),
+    "finished slot out of range": (_finished(0, 99), "a finished slot must be"),
+    "cached request in a finished slot": (_finished(0), "slot 0 holds no request"),
     "token outside vocab": (_token_outside_vocab, "outside the vocabulary"),
     "block outside cache": (_block_outside_cache, "outside the KV cache"),
     "too many tokens for blocks": (_too_many_tokens_for_blocks, "blocks, it has 1"),
@@ -113,7 +134,7 @@ CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
     "fractional token count": (_with_new(_new(), 1.5), "with no tokens"),
     "zero token count": (_zero_token_count, "with no tokens"),
     "column not whole int32s": (_misaligned_column, "must be int32 bytes"),
-    "column shorter than req_ids": (_short_column, "differ in length"),
+    "column shorter than the slots": (_short_column, "differ in length"),
     "token counts not adding up": (_counts_not_adding_up, "do not add up"),
     "valid new request, bad cached diff": (
         lambda so: _token_outside_vocab(_with_new(_new(), 3)(so)), "outside the vocabulary"),

@@ -93,7 +93,7 @@ def test_logprobs_on_cuda_match_transformers(checkpoints):
     sim = SimScheduler(cuda_runner(path, eager=False))
     prompt = [1, 5, 9, 33, 77, 4, 12, 90, 3, 11, 64]
     sim.add("a", prompt, SamplingParams(temperature=0.0, logprobs=5), max_tokens=1)
-    (lp,) = sim.step().logprobs["a"]
+    (lp,) = sim.step().logprobs[0]  # batch position 0: a
     with torch.no_grad():
         ref = reference_model(str(path))(torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
     top = ref.topk(5)

@@ -34,7 +34,7 @@ def test_last_token_logprobs_match_transformers(checkpoints, arch):
     prompt = PROMPTS["a"]
     sim.add("a", prompt, SamplingParams(temperature=0.0, logprobs=5), max_tokens=1)
     out = sim.step()
-    (lp,) = out.logprobs["a"]
+    (lp,) = out.logprobs[0]  # batch position 0: a
     with torch.no_grad():
         ref = reference_model(str(path))(torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
     top = ref.topk(5)

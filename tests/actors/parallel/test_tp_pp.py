@@ -51,10 +51,12 @@ async def test_kv_heads_replicate_when_fewer_than_tp_ranks(checkpoints):
 
 
 def disjoint_sims(n: int) -> list[SimScheduler]:
-    """``n`` schedulers over disjoint KV blocks: their batches may be in flight together."""
-    share = BIG_BLOCKS // n
+    """``n`` schedulers over disjoint KV blocks and runner slots: their batches may be in
+    flight together."""
+    share, slots = BIG_BLOCKS // n, 8 // n
     return [SimScheduler(None, 256, blocks=list(range(k * share, (k + 1) * share)),
-                         block_size=4) for k in range(n)]
+                         block_size=4, slots=list(range(k * slots, (k + 1) * slots)))
+            for k in range(n)]
 
 
 @pytest.mark.timeout(240)
