@@ -75,8 +75,8 @@ def _record(req_id: str, new: NewRequestData | None, tokens: list[int], blocks: 
     if num_blocks > limits.max_blocks_per_req:
         raise _fail(f"request {req_id!r}: {num_blocks} blocks exceed what max_model_len "
                     f"{limits.max_model_len} needs")
-    if end > limits.max_model_len:
-        raise _fail(f"request {req_id!r}: {end} tokens exceed max_model_len "
+    if num_tokens > limits.max_model_len:  # its device row holds max_model_len tokens
+        raise _fail(f"request {req_id!r}: {num_tokens} tokens exceed max_model_len "
                     f"{limits.max_model_len}")
     return RequestStep(req_id, new, tokens, blocks, start, num_scheduled, num_tokens, num_device)
 
@@ -85,8 +85,8 @@ Slots = Sequence[CachedRequestState | None]  # slot -> the request it holds, or 
 
 
 def _read_new(new: object, states: Mapping[str, CachedRequestState], slots: Slots,
-              finished: set[str], limits: RunnerLimits, count: Callable[[object, object], int]
-              ) -> RequestStep:
+              finished: set[str], limits: RunnerLimits,
+              count: Callable[[int, object, str], int]) -> RequestStep:
     if not isinstance(new, NewRequestData):
         raise _fail(f"scheduled_new_reqs holds a {type(new).__name__}, not NewRequestData")
     req_id = _check_req_id(new.req_id)
@@ -97,7 +97,7 @@ def _read_new(new: object, states: Mapping[str, CachedRequestState], slots: Slot
     if holder is not None and holder.req_id not in finished:
         raise _fail(f"request {req_id!r} is added in slot {slot}, which holds request "
                     f"{holder.req_id!r}")
-    num_scheduled = count(slot, new.num_scheduled_tokens)
+    num_scheduled = count(slot, new.num_scheduled_tokens, req_id)
     vocab = limits.vocab_size
     prompt = _check_ids(req_id, "prompt token ids", new.prompt_token_ids, vocab, VOCAB)
     if not prompt:
@@ -189,7 +189,7 @@ def _check_range(what: str, flat: memoryview, per_req: memoryview, slot_col: mem
 
 
 def _read_cached(c: CachedRequestData, slots: Slots, finished: set[str], limits: RunnerLimits,
-                 count: Callable[[object, object], int]) -> Iterator[RequestStep]:
+                 count: Callable[[int, object, str], int]) -> Iterator[RequestStep]:
     cols = _columns(c, len(slots))
     _check_range("new token ids", cols.tokens, cols.num_tokens, cols.slots, slots,
                  limits.vocab_size, VOCAB)
@@ -199,7 +199,7 @@ def _read_cached(c: CachedRequestData, slots: Slots, finished: set[str], limits:
     for slot, start, scheduled, n_tokens, n_blocks, device in zip(
             cols.slots, cols.starts, cols.counts, cols.num_tokens, cols.num_blocks,
             cols.device, strict=True):
-        num_scheduled = count(slot, scheduled)
+        num_scheduled = count(slot, scheduled, _name(slots, slot))
         state = slots[slot]
         if state is None or state.req_id in finished:
             raise _fail(f"slot {slot} holds no request (never added, or finished)")
@@ -243,13 +243,13 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState], slo
         raise _fail(f"scheduled_cached_reqs is a {type(c).__name__}, not CachedRequestData")
     seen: set[int] = set()
 
-    def count(slot: object, num: object) -> int:
-        """The request's scheduled token count; each slot is in a step once."""
+    def count(slot: int, num: object, name: str) -> int:
+        """The scheduled token count of ``name`` (in ``slot``); each slot is in a step once."""
         if slot in seen:
-            raise _fail(f"slot {slot} ({_name(slots, slot)!r}) appears twice in one step")
+            raise _fail(f"slot {slot} ({name!r}) appears twice in one step")
         seen.add(slot)
         if type(num) is not int or num < 1:
-            raise _fail(f"slot {slot} ({_name(slots, slot)!r}) is in the step with no tokens "
+            raise _fail(f"slot {slot} ({name!r}) is in the step with no tokens "
                         f"(num_scheduled_tokens={num!r})")
         return num
 

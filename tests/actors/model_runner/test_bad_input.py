@@ -115,7 +115,11 @@ CASES: dict[str, tuple[Callable[[SchedulerOutput], SchedulerOutput], str]] = {
     "new request in a held slot": (_with_new(_new(slot=1), 3), "slot 1, which holds request 'y'"),
     "new request's slot out of range": (_with_new(_new(slot=8), 3), r"slot must be .* \[0, 7\]"),
     "new request's slot not an int": (_with_new(_new(slot=True), 3), "slot must be an integer"),
-    "two new requests in one slot": (_two_new(_new("p"), _new("q")), "slot 5 .* appears twice"),
+    "two new requests in one slot": (_two_new(_new("p"), _new("q")),
+                                     r"slot 5 \('q'\) appears twice"),
+    "new request longer than max_model_len": (
+        _with_new(replace(_new(blocks=(60,)), prompt_token_ids=[1] * 300), 3),
+        "300 tokens exceed max_model_len"),
     "one new request twice": (_two_new(_new("p", slot=5), _new("p", slot=6)), "added twice"),
     "finished slot out of range": (_finished(0, 99), "a finished slot must be"),
     "cached request in a finished slot": (_finished(0), "slot 0 holds no request"),
