@@ -4,7 +4,10 @@ Each ``schedule()`` call builds one step from the requests that are not in
 flight: running requests first (decode, or the next prefill chunk), then
 waiting ones in arrival order while the token budget, ``max_num_seqs`` and
 free blocks allow. When a running request needs a block and none is free,
-the newest running request that is not in flight is preempted by recompute.
+the latest-arrived running request that is not in flight is preempted by
+recompute: the oldest request is never preempted for a younger one, so it
+always progresses (choosing the last admitted instead let two requests that
+cannot both fit preempt each other forever).
 
 Slots: a request the runners hold is named in steps by its slot, a number
 below ``max_num_seqs`` given when it is first scheduled (``NewRequestData.slot``)
@@ -80,7 +83,7 @@ class Scheduler:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []       # admission order; the tail is preempted first
+        self.running: list[Request] = []       # admission order
         self._to_drop: list[int] = []          # slots the runner must forget next step
         self._free_slots = self._all_slots()
         self._step_id = 0
@@ -179,7 +182,8 @@ class Scheduler:
         max_reqs = self._max_reqs_per_step()
         scheduled: dict[str, int] = {}
         order: list[Request] = []
-        preempted = False
+        preemptions = self.num_preemptions
+        short_of_blocks = False
 
         for req in list(self.running):
             if budget == 0 or len(order) >= max_reqs:
@@ -190,16 +194,21 @@ class Scheduler:
             if num_new <= 0:
                 continue
             if not self._reserve_blocks(req, num_new, scheduled):
-                preempted = True
+                short_of_blocks = True
                 continue
             if req.status is not RequestStatus.RUNNING:   # preempted itself
-                preempted = True
+                short_of_blocks = True
                 continue
             scheduled[req.req_id] = num_new
             order.append(req)
             budget -= num_new
 
-        while self.waiting and not preempted and budget > 0 and len(order) < max_reqs:
+        # A step short of blocks admits nobody; nor does one that preempted (even if every
+        # running request got its blocks): a victim must not come straight back in the
+        # step that drops it.
+        preempted = self.num_preemptions != preemptions
+        admit = not (short_of_blocks or preempted)
+        while admit and self.waiting and budget > 0 and len(order) < max_reqs:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[0]
@@ -254,7 +263,7 @@ class Scheduler:
         """
         need = self.pool.blocks_for(req.num_computed_tokens + num_new) - len(req.block_ids)
         while not self.pool.can_allocate(need):
-            victim = self._pick_victim(scheduled)
+            victim = self._pick_victim(req, scheduled)
             if victim is None:
                 return False
             self._preempt(victim)
@@ -263,12 +272,17 @@ class Scheduler:
         req.block_ids += self.pool.allocate(need)
         return True
 
-    def _pick_victim(self, scheduled: dict[str, int]) -> Request | None:
-        """The newest running request that is neither in flight nor already in this step."""
-        for req in reversed(self.running):
-            if not req.in_flight and req.req_id not in scheduled:
-                return req
-        return None
+    def _pick_victim(self, req: Request, scheduled: dict[str, int]) -> Request | None:
+        """Whom ``req`` preempts: the latest-arrived running request that is neither in flight
+        nor already in this step; ``req`` itself only if no running request is younger.
+        None: ``req`` waits, for a younger request in flight (or in this step) to come back
+        and yield (FCFS priority: an older request never yields its blocks to a younger
+        one, so the oldest always progresses)."""
+        victim = max((r for r in self.running if not r.in_flight and r.req_id not in scheduled),
+                     key=lambda r: r.arrival, default=None)
+        if victim is req and any(r.arrival > req.arrival for r in self.running):
+            return None
+        return victim
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
