@@ -88,11 +88,20 @@ async def test_a_stop_token_ends_the_stream_there_though_the_next_step_was_in_fl
     stop = next(t for i, t in enumerate(free_run) if i >= 3 and t not in free_run[:i])
     at = free_run.index(stop)
     params = SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=(stop,))
-    for async_scheduling in (False, True):
-        outs, engine = await one_request(tiny_llama, ids, params, async_scheduling)
-        assert outs == free_run[:at + 1], async_scheduling
-        assert engine.peak_in_flight == (2 if async_scheduling else 1)
-        assert engine.scheduler.num_discarded_tokens == (1 if async_scheduling else 0)
+    outs, engine = await one_request(tiny_llama, ids, params, async_scheduling=False)
+    assert outs == free_run[:at + 1] and engine.peak_in_flight == 1
+    assert engine.scheduler.num_discarded_tokens == 0
+    # Async: the step after the stop's is in flight unless both earlier steps' outputs were
+    # harvested in one loop turn (then it is never sent); retry until it was in flight.
+    discarded = []
+    for _ in range(5):
+        outs, engine = await one_request(tiny_llama, ids, params, async_scheduling=True)
+        assert outs == free_run[:at + 1] and engine.peak_in_flight == 2
+        discarded.append(engine.scheduler.num_discarded_tokens)
+        assert discarded[-1] <= 1       # at most one overshoot token, never published
+        if discarded[-1] == 1:
+            break
+    assert discarded[-1] == 1, discarded
 
 
 async def collect(engine: AsyncEngine, ids: list[int], params: SamplingParams) -> list:
