@@ -101,8 +101,9 @@ writer_publish(Mem *m, uint64_t end)
 }
 
 /* The frames of a message, as pointers and lengths (bytes directly, anything else through
- * its buffer, which must be contiguous). */
+ * its buffer, which must be contiguous), and the sequence they came from. */
 typedef struct {
+    PyObject *fast; /* the frames as a list or tuple (PySequence_Fast), held for the call */
     Py_ssize_t count;
     const char *small_ptr[SMALL];
     Py_ssize_t small_len[SMALL];
@@ -123,6 +124,7 @@ parts_release(Parts *p, Py_ssize_t upto)
         if (p->held[i])
             PyBuffer_Release(&p->buf[i]);
     Py_CLEAR(p->copies);
+    Py_CLEAR(p->fast);
     if (p->ptr != p->small_ptr) {
         PyMem_Free(p->ptr);
         PyMem_Free(p->len);
@@ -131,13 +133,25 @@ parts_release(Parts *p, Py_ssize_t upto)
     }
 }
 
+/* The parts of the sequence ``seq`` (``what``: the TypeError if it is none), at most
+ * ``max_count`` of them (0: any number; checked before any frame is looked at). On
+ * failure nothing is held; on success parts_release(p, p->count) lets go of all of it. */
 static int
-parts_get(PyObject *fast, Parts *p)
+parts_get(PyObject *seq, const char *what, Py_ssize_t max_count, Parts *p)
 {
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
-    p->count = count;
+    Py_ssize_t count;
     p->total = 0;
     p->copies = NULL;
+    p->ptr = p->small_ptr; /* nothing to free in parts_release until allocated */
+    if (!(p->fast = PySequence_Fast(seq, what)))
+        return -1;
+    PyObject *fast = p->fast;
+    count = p->count = PySequence_Fast_GET_SIZE(fast);
+    if (max_count && count > max_count) {
+        PyErr_Format(PyExc_ValueError, "a message has at most %zd frames", max_count);
+        parts_release(p, 0);
+        return -1;
+    }
     if (count <= SMALL) {
         p->ptr = p->small_ptr;
         p->len = p->small_len;
@@ -154,6 +168,7 @@ parts_get(PyObject *fast, Parts *p)
             PyMem_Free(p->buf);
             PyMem_Free(p->held);
             p->ptr = p->small_ptr; /* nothing to free in parts_release */
+            parts_release(p, 0);
             PyErr_NoMemory();
             return -1;
         }
@@ -266,7 +281,7 @@ writer_put(WriterCore *self, uint64_t body, uint16_t flags, uint64_t targets, co
 static PyObject *
 writer_try_write_message(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *fast, *result = NULL;
+    PyObject *result;
     Parts p;
     uint64_t targets, body;
     long lane = 0;
@@ -278,27 +293,16 @@ writer_try_write_message(WriterCore *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     if (nargs == 3 && (lane = PyLong_AsLong(args[2])) == -1 && PyErr_Occurred())
         return NULL;
-    if (!(fast = PySequence_Fast(args[0], "frames must be a sequence")))
+    if (parts_get(args[0], "frames must be a sequence", MAX_FRAMES, &p) < 0)
         return NULL;
-    if (PySequence_Fast_GET_SIZE(fast) > MAX_FRAMES) {
-        PyErr_Format(PyExc_ValueError, "a message has at most %d frames", MAX_FRAMES);
-        Py_DECREF(fast);
-        return NULL;
-    }
-    if (parts_get(fast, &p) < 0) {
-        Py_DECREF(fast);
-        return NULL;
-    }
     body = 4 * ((uint64_t)p.count + 1) + p.total;
     if (body > (uint64_t)self->max_chunk) {
         result = Py_None;
         Py_INCREF(result);
-        goto parts_done;
+    } else {
+        result = writer_put(self, body, FIRST | LAST | (lane ? LANE1 : 0), targets, &p, 1);
     }
-    result = writer_put(self, body, FIRST | LAST | (lane ? LANE1 : 0), targets, &p, 1);
-parts_done:
     parts_release(&p, p.count);
-    Py_DECREF(fast);
     return result;
 }
 
@@ -307,7 +311,7 @@ parts_done:
 static PyObject *
 writer_try_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *fast, *result = NULL;
+    PyObject *result = NULL;
     Parts p;
     Py_ssize_t body;
     long flags;
@@ -332,21 +336,14 @@ writer_try_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_ValueError, "record flags %ld out of range", flags);
         return NULL;
     }
-    if (!(fast = PySequence_Fast(args[0], "parts must be a sequence")))
+    if (parts_get(args[0], "parts must be a sequence", 0, &p) < 0)
         return NULL;
-    if (parts_get(fast, &p) < 0) {
-        Py_DECREF(fast);
-        return NULL;
-    }
-    if (p.total != (uint64_t)body) { /* never write past the record */
+    if (p.total != (uint64_t)body) /* never write past the record */
         PyErr_Format(PyExc_ValueError, "parts of %llu bytes for a record body of %zd",
                      (unsigned long long)p.total, body);
-        goto parts_done;
-    }
-    result = writer_put(self, (uint64_t)body, (uint16_t)flags, targets, &p, 0);
-parts_done:
+    else
+        result = writer_put(self, (uint64_t)body, (uint16_t)flags, targets, &p, 0);
     parts_release(&p, p.count);
-    Py_DECREF(fast);
     return result;
 }
 
