@@ -189,7 +189,7 @@ def _check_range(what: str, flat: memoryview, per_req: memoryview, slot_col: mem
 
 
 def _read_cached(c: CachedRequestData, slots: Slots, finished: set[str], limits: RunnerLimits,
-                 count: Callable[[int, object, str], int]) -> Iterator[RequestStep]:
+                 count: Callable[[int, object], int]) -> Iterator[RequestStep]:
     cols = _columns(c, len(slots))
     _check_range("new token ids", cols.tokens, cols.num_tokens, cols.slots, slots,
                  limits.vocab_size, VOCAB)
@@ -199,7 +199,7 @@ def _read_cached(c: CachedRequestData, slots: Slots, finished: set[str], limits:
     for slot, start, scheduled, n_tokens, n_blocks, device in zip(
             cols.slots, cols.starts, cols.counts, cols.num_tokens, cols.num_blocks,
             cols.device, strict=True):
-        num_scheduled = count(slot, scheduled, _name(slots, slot))
+        num_scheduled = count(slot, scheduled)
         state = slots[slot]
         if state is None or state.req_id in finished:
             raise _fail(f"slot {slot} holds no request (never added, or finished)")
@@ -243,14 +243,16 @@ def read_step(so: SchedulerOutput, states: Mapping[str, CachedRequestState], slo
         raise _fail(f"scheduled_cached_reqs is a {type(c).__name__}, not CachedRequestData")
     seen: set[int] = set()
 
-    def count(slot: int, num: object, name: str) -> int:
-        """The scheduled token count of ``name`` (in ``slot``); each slot is in a step once."""
+    def count(slot: int, num: object, name: str | None = None) -> int:
+        """The scheduled token count of the request in ``slot`` (``name``: a new one's id;
+        a cached one's is looked up only for an error); each slot is in a step once."""
         if slot in seen:
-            raise _fail(f"slot {slot} ({name!r}) appears twice in one step")
+            raise _fail(f"slot {slot} ({name or _name(slots, slot)!r}) appears twice in one "
+                        "step")
         seen.add(slot)
         if type(num) is not int or num < 1:
-            raise _fail(f"slot {slot} ({name!r}) is in the step with no tokens "
-                        f"(num_scheduled_tokens={num!r})")
+            raise _fail(f"slot {slot} ({name or _name(slots, slot)!r}) is in the step with no "
+                        f"tokens (num_scheduled_tokens={num!r})")
         return num
 
     records = [_read_new(new, states, slots, finished, limits, count)
