@@ -378,10 +378,9 @@ class Scheduler:
         """
         batch = self._batches.get(step.step_id)
         if batch is None or output.step_id != step.step_id or output.num_reqs != len(batch):
-            raise ProtocolError(
-                f"the output of step {output.step_id} ({output.num_reqs} requests) does not "
-                f"answer step {step.step_id} ({'not in flight' if batch is None else len(batch)}"
-                f"{'' if batch is None else ' requests'})")
+            sent = "not in flight" if batch is None else f"{len(batch)} requests"
+            raise ProtocolError(f"the output of step {output.step_id} ({output.num_reqs} "
+                                f"requests) does not answer step {step.step_id} ({sent})")
         sampled = output.sampled_lists()
         del self._batches[step.step_id]
         for req in self._sampling.pop(step.step_id, ()):
