@@ -149,6 +149,12 @@ async def test_a_failing_background_task_stops_the_actor_and_fails_its_callers_a
         pending = call(ref, "forever")
         with pytest.raises(ActorFatalError, match="watchdog fired"):
             await asyncio.wait_for(pending, 1.3)
+        # The mailbox fails its callers first; the ref reports the death when the mailbox's
+        # task has ended, a loop turn or two later (Python 3.12's wait_for resumes the
+        # caller without the extra task hop that hid this on 3.11).
+        async with asyncio.timeout(1.0):
+            while not deaths:
+                await asyncio.sleep(0)
         assert len(deaths) == 1 and isinstance(deaths[0], ActorFatalError)
         assert actor.phase == "stopped" and not actor.stopped_cleanly
         with pytest.raises(ActorFatalError):
